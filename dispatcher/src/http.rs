@@ -1,0 +1,254 @@
+//! The HTTP API: validate each send request with the shared wire format, publish it with a confirm,
+//! and answer `202 {"id"}` only once the broker holds it. Errors map to statuses in one place
+//! ([`ApiError`]): bad input 400 (naming the field, nothing published), bad key 401, body too large
+//! 413, broker unreachable / refusing / slow 503. Never a 202 for a message the broker does not hold.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use shared::amqp::{PublishError, Publisher};
+use shared::config::Secret;
+use shared::wire::{SendRequest, WireError};
+
+use crate::config::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_SINGLE_BODY_BYTES};
+
+/// `app_id` property of messages the dispatcher publishes.
+pub const APP_ID: &str = "tg-dispatcher";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub publisher: Arc<Publisher>,
+    pub api_keys: Arc<Vec<Secret<String>>>,
+}
+
+/// The router: `/v1/*` behind the key check, probes open.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/messages", post(send_one))
+        .route("/v1/messages/batch", post(send_batch))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+/// Every way a request can fail, with its status and JSON body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(WireError),
+    #[error("a valid Authorization: Bearer <key> header is required")]
+    Unauthorized,
+    #[error("the body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read")]
+    BodyUnreadable,
+    #[error("the message could not be handed to the broker: {0}")]
+    Unavailable(#[from] PublishError),
+    #[error("no such endpoint")]
+    NotFound,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::BodyUnreadable => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The `{"code", "message", "field"}` object.
+    fn body(&self) -> Value {
+        match self {
+            ApiError::BadRequest(e) => {
+                json!({"code": e.code, "message": e.message, "field": e.field})
+            }
+            other => {
+                let code = match other {
+                    ApiError::Unauthorized => "unauthorized",
+                    ApiError::TooLarge(_) => "too_large",
+                    ApiError::BodyUnreadable => "unreadable_body",
+                    ApiError::Unavailable(_) => "broker_unavailable",
+                    _ => "not_found",
+                };
+                json!({"code": code, "message": other.to_string(), "field": null})
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Unavailable(error) = &self {
+            tracing::warn!(%error, "answering 503");
+        }
+        let mut response = (self.status(), Json(json!({"error": self.body()}))).into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+async fn require_api_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.api_keys.is_empty() {
+        return Ok(next.run(request).await);
+    }
+    let presented = bearer_token(request.headers()).ok_or(ApiError::Unauthorized)?;
+    // Compare against every key without stopping early, so timing says nothing about which
+    // prefix matched.
+    let matched = state.api_keys.iter().fold(false, |found, key| {
+        constant_time_eq(key.expose().as_bytes(), presented) | found
+    });
+    if matched {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| value[7..].trim_ascii())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge(limit);
+            }
+            source = e.source();
+        }
+        ApiError::BodyUnreadable
+    })
+}
+
+async fn send_one(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body, MAX_SINGLE_BODY_BYTES).await?;
+    let request = SendRequest::from_json(&body).map_err(ApiError::BadRequest)?;
+    state.publisher.publish_request(&request, APP_ID).await?;
+    tracing::debug!(id = request.id(), bot = request.bot(), chat = %request.chat_id(), "accepted");
+    Ok((StatusCode::ACCEPTED, Json(json!({"id": request.id()}))).into_response())
+}
+
+/// A JSON array of up to 1000 requests. Each item is validated and published on its own; the answer
+/// lists every item's fate (`202` with its id, `400` with the error, `503`). The status is 202 when
+/// every item was accepted, 207 otherwise.
+async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body, MAX_BATCH_BODY_BYTES).await?;
+    let items: Vec<Value> = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => return Err(batch_error("must be a JSON array of send requests")),
+        Err(e) => return Err(batch_error(&format!("the body is not valid JSON: {e}"))),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+        return Err(batch_error(&format!(
+            "holds {} requests; a batch holds 1 to {MAX_BATCH_ITEMS}",
+            items.len()
+        )));
+    }
+    let publisher = &state.publisher;
+    let results = join_all(items.into_iter().enumerate().map(|(index, item)| async move {
+        let request = match SendRequest::from_value(item) {
+            Ok(request) => request,
+            Err(e) => {
+                return json!({"index": index, "status": 400,
+                    "error": {"code": e.code, "message": e.message, "field": e.field}})
+            }
+        };
+        match publisher.publish_request(&request, APP_ID).await {
+            Ok(()) => json!({"index": index, "status": 202, "id": request.id()}),
+            Err(error) => {
+                let error = ApiError::Unavailable(error);
+                json!({"index": index, "status": 503, "id": request.id(), "error": error.body()})
+            }
+        }
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r["status"] == 202).count();
+    let status = if accepted == results.len() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    let body =
+        json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results});
+    Ok((status, Json(body)).into_response())
+}
+
+fn batch_error(message: &str) -> ApiError {
+    ApiError::BadRequest(WireError {
+        code: shared::wire::WireErrorCode::InvalidValue,
+        message: message.to_string(),
+        field: None,
+    })
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.publisher.ensure_connected().await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "broker": error.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively_and_compared_exactly() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Some(&b"abc"[..]));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), None);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,95 @@
+//! `tg-dispatcher` as a library: the HTTP server ([`Application`]) and the command-line sender
+//! ([`cli`]). Both validate with the shared wire format and publish with confirms through one
+//! [`Publisher`]; neither ever talks to Telegram. The runtime is the caller's.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use shared::amqp::Publisher;
+use shared::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+pub use config::DispatcherConfig;
+
+/// Confirm channels the dispatcher keeps open; publishes are pipelined on each.
+const PUBLISH_CHANNELS: usize = 4;
+
+/// A bound, not yet running HTTP server.
+pub struct Application {
+    listener: TcpListener,
+    state: http::AppState,
+    config: DispatcherConfig,
+}
+
+impl Application {
+    /// Checks the listen policy, binds the port (0 picks a free one) and prepares the publisher.
+    /// The broker is contacted on first use, so the server starts (and reports not-ready) while the
+    /// broker is down.
+    pub async fn build(config: DispatcherConfig) -> anyhow::Result<Self> {
+        config.check_listen_policy()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        let publisher = Publisher::new(
+            config.amqp.clone(),
+            "tg-dispatcher",
+            config.publish_timeout,
+            PUBLISH_CHANNELS,
+        );
+        let state = http::AppState {
+            publisher: Arc::new(publisher),
+            api_keys: Arc::new(config.api_keys.clone()),
+        };
+        Ok(Self {
+            listener,
+            state,
+            config,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting and lets in-flight requests finish,
+    /// within the shutdown timeout.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(
+            %addr,
+            amqp = %self.config.amqp.display_url(),
+            exchange = %self.state.publisher.topology().send_exchange(),
+            auth = if self.config.api_keys.is_empty() { "none (loopback only)" } else { "bearer keys" },
+            "dispatcher listening"
+        );
+        // Connect early so the first request does not pay for it; failure is only logged.
+        if let Err(error) = self.state.publisher.ensure_connected().await {
+            tracing::warn!(%error, "broker not reachable yet; answering 503 until it is");
+        }
+        let publisher = Arc::clone(&self.state.publisher);
+        let graceful = shutdown.clone();
+        let server = axum::serve(self.listener, http::router(self.state))
+            .with_graceful_shutdown(async move { graceful.requested().await });
+        let timeout = self.config.shutdown_timeout;
+        let outcome = tokio::select! {
+            result = server => result.context("HTTP server failed"),
+            _ = async {
+                shutdown.requested().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => {}
+                    _ = shutdown.immediate() => {}
+                }
+            } => Err(anyhow::anyhow!("in-flight requests did not finish within {timeout:?}")),
+        };
+        publisher.close().await;
+        tracing::info!("dispatcher stopped");
+        outcome
+    }
+}

@@ -1,0 +1,69 @@
+//! `tg-dispatcher`: arguments and config → telemetry → the one runtime → serve or send → exit code.
+//! Exit codes: 0 success, 1 failure, 64 bad configuration (2 for bad arguments, from clap).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dispatcher::cli::{Cli, Command};
+use dispatcher::{Application, DispatcherConfig};
+use shared::config::ProcessEnv;
+use shared::shutdown::Shutdown;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match DispatcherConfig::from_env(&ProcessEnv) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tg-dispatcher: refusing to start: {error}");
+            return ExitCode::from(64);
+        }
+    };
+    if matches!(cli.command, Command::Serve) {
+        if let Err(error) = config.check_listen_policy() {
+            eprintln!("tg-dispatcher: refusing to start: {error}");
+            return ExitCode::from(64);
+        }
+    }
+    shared::telemetry::init(config.log_format);
+
+    // The one runtime of this process, built here and nowhere else (clippy.toml forbids it elsewhere).
+    #[allow(clippy::disallowed_methods)]
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tg-dispatcher: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[allow(clippy::disallowed_methods)]
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => {
+                let shutdown = Shutdown::from_signals()?;
+                Application::build(config).await?.run(shutdown).await
+            }
+            Command::Send(args) => {
+                let sent = tokio::time::timeout(
+                    dispatcher::cli::CLI_TIMEOUT,
+                    dispatcher::cli::send(&config, args),
+                );
+                let id = sent.await.map_err(|_| {
+                    anyhow::anyhow!("gave up after {:?}", dispatcher::cli::CLI_TIMEOUT)
+                })??;
+                println!("{id}");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tg-dispatcher: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

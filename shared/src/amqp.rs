@@ -1,0 +1,346 @@
+//! Talking to RabbitMQ the way both daemons must: named connections with heartbeats, bounded
+//! connect attempts, and a [`Publisher`] that only reports success for a publish the broker
+//! confirmed (`Ack` without a returned message), reconnecting by itself with capped, jittered backoff.
+//!
+//! The publisher keeps a few long-lived confirm channels on one connection and pipelines many
+//! publishes on each: every publish awaits only its own confirm. (deadpool-lapin pools whole
+//! connections with exclusive checkout, which would serialize confirms; channels are meant to live
+//! long, so a fixed set is enough.) Consuming is not here: a consumer owns its own connection, kept
+//! apart from publishing so a blocked publishing connection never stalls acks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::time::Instant;
+
+use crate::config::{parse_amqp_uri, AmqpSettings};
+use crate::topology::Topology;
+use crate::wire::SendRequest;
+
+/// How long one connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait before reconnecting after a failure; doubles up to [`RECONNECT_MAX_DELAY`].
+pub const RECONNECT_BASE_DELAY: Duration = Duration::from_millis(200);
+/// Longest wait between two reconnection attempts.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// Why the broker does not hold a message we tried to publish.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No usable connection (connecting failed, or a recent failure is still backing off).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker did not confirm within the timeout (e.g. a memory or disk alarm blocks publishing).
+    #[error("broker did not confirm the publish within {0:?}")]
+    Timeout(Duration),
+    /// The broker refused the message (`basic.nack`).
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    /// The exchange routed the message to no queue; it was returned, not stored.
+    #[error("message was returned unroutable from exchange {0:?}")]
+    Unroutable(String),
+    /// The channel or connection failed while publishing.
+    #[error("publish failed: {0}")]
+    Failed(#[from] lapin::Error),
+}
+
+/// Opens a connection named `name` (shown in the management UI), bounded by [`CONNECT_TIMEOUT`].
+pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
+    use anyhow::Context as _;
+    let uri = parse_amqp_uri(settings.url.expose()).map_err(anyhow::Error::msg)?;
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connecting = Connection::connect_uri(uri, properties);
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("failed to connect to {}", settings.display_url()))
+}
+
+/// Capped exponential backoff with full jitter: a random delay in `[base/2, min(max, base·2^n)]`.
+pub fn backoff_delay(failures: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
+    let ceiling = exp.min(max);
+    let floor = (base / 2).min(ceiling);
+    floor + ceiling.saturating_sub(floor).mul_f64(fastrand::f64())
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+}
+
+/// A connection with its confirm channels; replaced whole when any part of it fails.
+struct Link {
+    connection: Connection,
+    channels: Vec<Channel>,
+}
+
+impl Link {
+    fn is_usable(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+/// Reconnection bookkeeping, guarded by one async mutex so only one task reconnects at a time.
+#[derive(Default)]
+struct ReconnectState {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// A self-healing publisher with confirms. Cheap to share behind an `Arc`; safe to call from many
+/// tasks at once.
+pub struct Publisher {
+    settings: AmqpSettings,
+    topology: Topology,
+    connection_name: String,
+    confirm_timeout: Duration,
+    channel_count: usize,
+    current: Mutex<Option<Arc<Link>>>,
+    reconnect: tokio::sync::Mutex<ReconnectState>,
+    next_channel: AtomicUsize,
+}
+
+impl Publisher {
+    /// A publisher that connects on first use. `confirm_timeout` bounds each publish (send plus
+    /// confirm); `channel_count` confirm channels share the connection.
+    pub fn new(
+        settings: AmqpSettings,
+        connection_name: impl Into<String>,
+        confirm_timeout: Duration,
+        channel_count: usize,
+    ) -> Self {
+        Self {
+            topology: Topology::new(settings.prefix.clone()),
+            settings,
+            connection_name: connection_name.into(),
+            confirm_timeout,
+            channel_count: channel_count.max(1),
+            current: Mutex::new(None),
+            reconnect: tokio::sync::Mutex::new(ReconnectState::default()),
+            next_channel: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether the broker connection is usable now, connecting if needed (readiness probes).
+    pub async fn ensure_connected(&self) -> Result<(), PublishError> {
+        self.link().await.map(|_| ())
+    }
+
+    /// Publishes one message persistently and `mandatory`, and returns only once the broker has
+    /// confirmed it. Every error means the broker may not hold the message.
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
+        let link = self.link().await?;
+        let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+        let channel = &link.channels[index];
+        let properties = message.properties.with_delivery_mode(2);
+        let publish = async {
+            let confirm = channel
+                .basic_publish(
+                    message.exchange.into(),
+                    message.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    message.body,
+                    properties,
+                )
+                .await?;
+            confirm.await
+        };
+        let result = match tokio::time::timeout(self.confirm_timeout, publish).await {
+            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+            Ok(Err(e)) => Err(PublishError::Failed(e)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                Err(PublishError::Unroutable(message.exchange.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            // Only on channels without confirm mode, which ours never are.
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        };
+        if result.is_err() && !link.is_usable() {
+            self.discard(&link);
+        }
+        result
+    }
+
+    /// Publishes a validated send request to the send exchange, routed by its bot alias, with its id
+    /// as the AMQP `message_id`. Returns once the broker confirmed it.
+    pub async fn publish_request(
+        &self,
+        request: &SendRequest,
+        app_id: &str,
+    ) -> Result<(), PublishError> {
+        let body = request.to_json();
+        let exchange = self.topology.send_exchange();
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(request.id().into())
+            .with_app_id(app_id.into())
+            .with_timestamp(unix_now());
+        self.publish(Outgoing {
+            exchange: &exchange,
+            routing_key: request.bot(),
+            body: &body,
+            properties,
+        })
+        .await
+    }
+
+    /// Closes the connection cleanly (in-flight publishes fail). Further calls reconnect.
+    pub async fn close(&self) {
+        let link = self.lock_current().take();
+        if let Some(link) = link {
+            let _ = link.connection.close(200, "closing".into()).await;
+        }
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<Arc<Link>>> {
+        // A panic while holding this lock cannot leave the Option half-written.
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn usable_link(&self) -> Option<Arc<Link>> {
+        self.lock_current()
+            .as_ref()
+            .filter(|link| link.is_usable())
+            .cloned()
+    }
+
+    fn discard(&self, failed: &Arc<Link>) {
+        let mut current = self.lock_current();
+        if current
+            .as_ref()
+            .is_some_and(|link| Arc::ptr_eq(link, failed))
+        {
+            *current = None;
+        }
+    }
+
+    async fn link(&self) -> Result<Arc<Link>, PublishError> {
+        if let Some(link) = self.usable_link() {
+            return Ok(link);
+        }
+        let mut state = self.reconnect.lock().await;
+        // Another task may have reconnected while this one waited for the lock.
+        if let Some(link) = self.usable_link() {
+            return Ok(link);
+        }
+        if let Some(retry_at) = state.retry_at {
+            if Instant::now() < retry_at {
+                return Err(PublishError::Unavailable(format!(
+                    "last connection attempt failed; next in {:?}",
+                    retry_at - Instant::now()
+                )));
+            }
+        }
+        match self.open_link().await {
+            Ok(link) => {
+                if state.failures > 0 {
+                    tracing::info!(connection = %self.connection_name, "broker connection restored");
+                } else {
+                    tracing::debug!(connection = %self.connection_name, "broker connection opened");
+                }
+                *state = ReconnectState::default();
+                let link = Arc::new(link);
+                let stale = self.lock_current().replace(link.clone());
+                if let Some(stale) = stale {
+                    let _ = stale.connection.close(200, "replaced".into()).await;
+                }
+                Ok(link)
+            }
+            Err(error) => {
+                state.failures += 1;
+                let delay =
+                    backoff_delay(state.failures, RECONNECT_BASE_DELAY, RECONNECT_MAX_DELAY);
+                state.retry_at = Some(Instant::now() + delay);
+                if state.failures == 1 {
+                    tracing::warn!(connection = %self.connection_name, error = format!("{error:#}"),
+                        "broker unreachable; will keep retrying");
+                }
+                Err(PublishError::Unavailable(format!("{error:#}")))
+            }
+        }
+    }
+
+    async fn open_link(&self) -> anyhow::Result<Link> {
+        use anyhow::Context as _;
+        let connection = connect(&self.settings, &self.connection_name).await?;
+        let setup = async {
+            let mut channels = Vec::with_capacity(self.channel_count);
+            for _ in 0..self.channel_count {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .context("failed to open a channel")?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .context("failed to enable publisher confirms")?;
+                channels.push(channel);
+            }
+            self.topology
+                .declare(&channels[0])
+                .await
+                .context("failed to declare the topology")?;
+            anyhow::Ok(channels)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+            Ok(Ok(channels)) => Ok(Link {
+                connection,
+                channels,
+            }),
+            Ok(Err(e)) => {
+                let _ = connection.close(200, "setup failed".into()).await;
+                Err(e)
+            }
+            Err(_) => {
+                let _ = connection.close(200, "setup timed out".into()).await;
+                Err(anyhow::anyhow!(
+                    "channel set-up took longer than {CONNECT_TIMEOUT:?}"
+                ))
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (AMQP timestamps have one-second resolution).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for failures in 1..40 {
+            let d = backoff_delay(failures, base, max);
+            assert!(d >= base / 2 && d <= max, "{failures}: {d:?}");
+        }
+        let late: Duration = (0..50).map(|_| backoff_delay(10, base, max)).sum();
+        let early: Duration = (0..50).map(|_| backoff_delay(1, base, max)).sum();
+        assert!(late > early * 4, "{late:?} vs {early:?}");
+    }
+}

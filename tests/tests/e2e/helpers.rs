@@ -1,0 +1,317 @@
+//! Shared test plumbing: an isolated environment per test ([`TestEnv`]), spawning the worker and
+//! the dispatcher as libraries, raw AMQP access for producing and inspecting, and waiting on
+//! conditions with deadlines (never sleeping and hoping).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dispatcher::{Application, DispatcherConfig};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use shared::config::AmqpSettings;
+use shared::shutdown::Shutdown;
+use shared::topology::Topology;
+use tests::sandbox::{Sandbox, SandboxConfig};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use worker::{RunSummary, Worker, WorkerConfig};
+
+/// The broker every test uses (the test command makes sure it runs).
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| shared::config::DEFAULT_AMQP_URL.to_string())
+}
+
+/// A token the sandbox accepts; never printed by the product.
+pub const TOKEN: &str = "123456:TEST-sandbox-token-e2e";
+
+/// How long any single condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, or fails the test after `deadline` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One test's world: a unique prefix, a sandbox, and cleanup of the broker objects on drop.
+pub struct TestEnv {
+    pub prefix: String,
+    pub topology: Topology,
+    pub sandbox: Sandbox,
+    /// Kept open for the test's own publishing and inspection.
+    _connection: Connection,
+    pub channel: Channel,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with_sandbox(SandboxConfig::default()).await
+    }
+
+    pub async fn with_sandbox(config: SandboxConfig) -> Self {
+        let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let settings = AmqpSettings::new(&amqp_url(), &prefix).expect("valid AMQP_URL");
+        let connection = shared::amqp::connect(&settings, "e2e test")
+            .await
+            .expect("RabbitMQ must be running (the test command starts it)");
+        let channel = connection.create_channel().await.expect("channel");
+        let topology = Topology::new(prefix.clone());
+        topology.declare(&channel).await.expect("declare topology");
+        let sandbox = Sandbox::start(config).await.expect("sandbox");
+        Self {
+            prefix,
+            topology,
+            sandbox,
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// The environment a worker of this test would read.
+    pub fn worker_env(&self) -> HashMap<String, String> {
+        [
+            ("AMQP_URL", amqp_url()),
+            ("QUEUE_PREFIX", self.prefix.clone()),
+            ("TELEGRAM_BOT_TOKEN", TOKEN.to_string()),
+            ("TELEGRAM_API_URL", self.sandbox.url()),
+            ("WORKER_PREFETCH", "64".to_string()),
+            ("SHUTDOWN_TIMEOUT_SECS", "10".to_string()),
+            ("WORKER_NAME", format!("{}-worker", self.prefix)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig::from_env(&self.worker_env()).expect("worker config")
+    }
+
+    /// Runs a worker library in this process until its handle stops it.
+    pub fn spawn_worker(&self) -> WorkerHandle {
+        self.spawn_worker_with(self.worker_config())
+    }
+
+    pub fn spawn_worker_with(&self, config: WorkerConfig) -> WorkerHandle {
+        let shutdown = Shutdown::new();
+        let worker = Worker::build(config, shutdown.clone()).expect("worker builds");
+        WorkerHandle {
+            shutdown,
+            task: tokio::spawn(worker.run()),
+        }
+    }
+
+    /// The dispatcher's environment for this test, with `extra` on top.
+    pub fn dispatcher_config(&self, extra: &[(&str, &str)]) -> DispatcherConfig {
+        let mut env: HashMap<String, String> = [
+            ("AMQP_URL", amqp_url()),
+            ("QUEUE_PREFIX", self.prefix.clone()),
+            ("DISPATCHER_LISTEN", "127.0.0.1:0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        DispatcherConfig::from_env(&env).expect("dispatcher config")
+    }
+
+    pub async fn spawn_dispatcher(&self, extra: &[(&str, &str)]) -> DispatcherHandle {
+        spawn_dispatcher(self.dispatcher_config(extra)).await
+    }
+
+    /// Publishes raw bytes to the send exchange, as a producer in any language would.
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.topology.send_exchange().into(),
+                "any.routing.key".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish");
+        confirm.await.expect("confirm");
+    }
+
+    /// Messages ready in `queue` (passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queue = self
+            .channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .expect("queue exists");
+        queue.message_count()
+    }
+
+    /// Takes one message off `queue`, acking it, if there is one.
+    pub async fn take(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get");
+        message
+    }
+
+    /// Waits for a dead letter and returns it.
+    pub async fn next_dead_letter(&self) -> lapin::message::BasicGetMessage {
+        let queue = self.topology.dead_queue();
+        eventually("a dead letter", DEADLINE, || self.take(&queue)).await
+    }
+
+    /// Waits until the sandbox holds `count` messages for `chat_id`, and returns them.
+    pub async fn delivered_to(&self, chat_id: &str, count: usize) -> Vec<tests::sandbox::Received> {
+        eventually(
+            &format!("{count} message(s) for chat {chat_id}"),
+            DEADLINE,
+            || async {
+                let received = self.sandbox.received_for(chat_id);
+                (received.len() >= count).then_some(received)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TestEnv {
+    /// Deletes this test's exchanges and queues even when the test failed. Drop cannot await, so
+    /// the cleanup runs on a thread of its own with a small runtime of its own — test teardown only,
+    /// never inside the product.
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let cleanup = std::thread::spawn(move || {
+            #[allow(clippy::disallowed_methods)]
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let Ok(runtime) = runtime else { return };
+            #[allow(clippy::disallowed_methods)]
+            runtime.block_on(async move {
+                let Ok(settings) = AmqpSettings::new(&amqp_url(), topology.prefix()) else {
+                    return;
+                };
+                if let Ok(connection) = shared::amqp::connect(&settings, "e2e cleanup").await {
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = topology.delete(&channel).await;
+                    }
+                    let _ = connection.close(200, "cleanup".into()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A worker running in this process.
+pub struct WorkerHandle {
+    pub shutdown: Shutdown,
+    pub task: JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+impl WorkerHandle {
+    /// Triggers a graceful shutdown and returns the worker's summary.
+    pub async fn stop(self) -> RunSummary {
+        self.shutdown.trigger();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("worker stops within the deadline")
+            .expect("worker task did not panic")
+            .expect("worker ran without error")
+    }
+}
+
+/// A dispatcher running in this process.
+pub struct DispatcherHandle {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub task: JoinHandle<anyhow::Result<()>>,
+    pub http: reqwest::Client,
+}
+
+impl DispatcherHandle {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.expect("dispatcher answers");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// Triggers a graceful shutdown and waits for the server to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("dispatcher stops in time")
+            .expect("no panic")
+    }
+
+    pub async fn get(&self, path: &str) -> u16 {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("dispatcher answers")
+            .status()
+            .as_u16()
+    }
+}
+
+pub async fn spawn_dispatcher(config: DispatcherConfig) -> DispatcherHandle {
+    let app = Application::build(config).await.expect("dispatcher builds");
+    let addr = app.local_addr().expect("bound");
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    DispatcherHandle {
+        addr,
+        shutdown,
+        task,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Reads a string header of a message.
+pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    let value = properties.headers().as_ref()?.inner().get(name)?.clone();
+    match value {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}

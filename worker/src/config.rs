@@ -1,0 +1,174 @@
+//! The worker's settings, read once from the environment at start-up and validated; the process
+//! refuses to start on a bad value, naming the variable. Tokens stay wrapped in `Secret`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shared::config::{AmqpSettings, ConfigError, EnvSource, LogFormat, Secret};
+use shared::wire::{validate_bot_alias, DEFAULT_BOT};
+use url::Url;
+
+/// Telegram's public Bot API, used when `TELEGRAM_API_URL` is unset.
+pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
+/// Unacknowledged deliveries the broker may hand this worker at once (`WORKER_PREFETCH`).
+pub const DEFAULT_PREFETCH: u16 = 256;
+/// Time allowed for a graceful stop before closing anyway (`SHUTDOWN_TIMEOUT_SECS`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Everything `tg-worker` needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub amqp: AmqpSettings,
+    /// Bot alias → token. `default` comes from `TELEGRAM_BOT_TOKEN`, others from `TELEGRAM_BOTS`.
+    pub bots: BTreeMap<String, Secret<String>>,
+    /// Base URL of the Bot API (`TELEGRAM_API_URL`): Telegram, a self-hosted server, or the sandbox.
+    pub telegram_api_url: Url,
+    /// Broker prefetch, also the bound on concurrent work (`WORKER_PREFETCH`).
+    pub prefetch: u16,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    /// How this instance names itself in logs and in its broker connections (`WORKER_NAME`,
+    /// default the host name).
+    pub instance: String,
+}
+
+impl WorkerConfig {
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let amqp = AmqpSettings::from_env(env)?;
+        let mut bots = BTreeMap::new();
+        if let Some(token) = env.non_empty("TELEGRAM_BOT_TOKEN") {
+            validate_token(&token).map_err(|m| ConfigError::new("TELEGRAM_BOT_TOKEN", m))?;
+            bots.insert(DEFAULT_BOT.to_string(), Secret::new(token));
+        }
+        if let Some(list) = env.non_empty("TELEGRAM_BOTS") {
+            for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let bad = |m: String| ConfigError::new("TELEGRAM_BOTS", m);
+                let (alias, token) = entry.split_once('=').ok_or_else(|| {
+                    bad("each entry must be alias=token (the token is not shown)".to_string())
+                })?;
+                let alias = alias.trim();
+                validate_bot_alias(alias).map_err(|m| bad(format!("alias {m}")))?;
+                validate_token(token.trim()).map_err(|m| bad(format!("bot {alias:?}: {m}")))?;
+                if bots
+                    .insert(alias.to_string(), Secret::new(token.trim().to_string()))
+                    .is_some()
+                {
+                    return Err(bad(format!("bot {alias:?} is configured twice")));
+                }
+            }
+        }
+        if bots.is_empty() {
+            return Err(ConfigError::new(
+                "TELEGRAM_BOT_TOKEN",
+                "no bot configured: set TELEGRAM_BOT_TOKEN and/or TELEGRAM_BOTS",
+            ));
+        }
+        let api = env
+            .non_empty("TELEGRAM_API_URL")
+            .unwrap_or_else(|| DEFAULT_TELEGRAM_API_URL.to_string());
+        let telegram_api_url = Url::parse(&api)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                ConfigError::new("TELEGRAM_API_URL", format!("{api:?} is not an http(s) URL"))
+            })?;
+        let prefetch = env.parse_or("WORKER_PREFETCH", DEFAULT_PREFETCH)?;
+        if prefetch == 0 {
+            return Err(ConfigError::new("WORKER_PREFETCH", "must be at least 1"));
+        }
+        Ok(Self {
+            amqp,
+            bots,
+            telegram_api_url,
+            prefetch,
+            shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
+            log_format: LogFormat::from_env(env)?,
+            instance: env.non_empty("WORKER_NAME").unwrap_or_else(hostname),
+        })
+    }
+}
+
+/// A token looks like `123456789:AAE...`: the bot's numeric id, a colon, then the secret part.
+fn validate_token(token: &str) -> Result<(), String> {
+    let valid = token.split_once(':').is_some_and(|(id, secret)| {
+        !id.is_empty()
+            && id.chars().all(|c| c.is_ascii_digit())
+            && !secret.is_empty()
+            && secret
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err("is not a bot token of the form <digits>:<secret> (the value is not shown)".to_string())
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn reads_bots_and_defaults() {
+        let env: HashMap<&str, &str> = [
+            ("TELEGRAM_BOT_TOKEN", "123:abc_DEF-1"),
+            ("TELEGRAM_BOTS", "news=456:xyz, alerts=789:q"),
+        ]
+        .into();
+        let config = WorkerConfig::from_env(&env).unwrap();
+        assert_eq!(
+            config.bots.keys().collect::<Vec<_>>(),
+            ["alerts", "default", "news"]
+        );
+        assert_eq!(config.prefetch, 256);
+        assert_eq!(
+            config.telegram_api_url.as_str(),
+            "https://api.telegram.org/"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_variable_but_never_the_token() {
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (&[], "TELEGRAM_BOT_TOKEN"),
+            (
+                &[("TELEGRAM_BOT_TOKEN", "sekrit-no-colon")],
+                "TELEGRAM_BOT_TOKEN",
+            ),
+            (&[("TELEGRAM_BOTS", "news:456:sekrit")], "TELEGRAM_BOTS"),
+            (&[("TELEGRAM_BOTS", "a=1:x,a=2:y")], "TELEGRAM_BOTS"),
+            (
+                &[("TELEGRAM_BOT_TOKEN", "1:x"), ("WORKER_PREFETCH", "0")],
+                "WORKER_PREFETCH",
+            ),
+            (
+                &[
+                    ("TELEGRAM_BOT_TOKEN", "1:x"),
+                    ("TELEGRAM_API_URL", "ftp://x"),
+                ],
+                "TELEGRAM_API_URL",
+            ),
+        ];
+        for (vars, var) in cases {
+            let env: HashMap<&str, &str> = vars.iter().copied().collect();
+            let err = WorkerConfig::from_env(&env).unwrap_err();
+            assert_eq!(err.var, var, "{vars:?}");
+            assert!(!err.to_string().contains("sekrit"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! `tg-worker` as a library: consume send requests from RabbitMQ, deliver them to Telegram, and
+//! settle every delivery exactly one way — acked after Telegram said ok, dead-lettered (with a
+//! confirm) when it can never succeed, or returned to the queue. Nothing is acked otherwise.
+//!
+//! [`Worker::build`] makes the process's one Telegram client and its publisher; [`Worker::run`]
+//! consumes until the [`Shutdown`] it is given fires, reconnecting to the broker when the connection
+//! is lost. The runtime is the caller's: this library never builds one, never blocks on one.
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod config;
+pub mod lanes;
+mod process;
+pub mod telegram;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use shared::amqp::{backoff_delay, connect, Publisher};
+use shared::shutdown::Shutdown;
+use shared::topology::Topology;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+pub use config::WorkerConfig;
+
+use crate::lanes::Lanes;
+use crate::process::{Job, LaneKey};
+use crate::telegram::Telegram;
+
+/// How long a dead-letter publish may wait for the broker's confirm.
+const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consumer reconnection backoff bounds.
+const RECONNECT_BASE: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Counters of what this worker did, for the shutdown summary (and later, metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub delivered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub requeued: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+/// What `run` reports when it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    pub requeued: u64,
+    /// Time from the shutdown request to the end of the drain.
+    pub drain_time: Duration,
+    /// The drain did not finish within `SHUTDOWN_TIMEOUT_SECS` (or was cut by a second signal):
+    /// whatever was unacked went back to the queue when the channel closed.
+    pub timed_out: bool,
+}
+
+/// State every delivery task shares.
+pub(crate) struct Inner {
+    pub config: WorkerConfig,
+    pub topology: Topology,
+    pub telegram: Telegram,
+    pub publisher: Publisher,
+    pub lanes: Lanes<LaneKey, Job>,
+    pub tracker: TaskTracker,
+    pub shutdown: Shutdown,
+    pub stats: Stats,
+    pub consuming: AtomicBool,
+}
+
+/// A built worker, ready to run.
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl Worker {
+    /// Builds the Telegram client (one connection pool for every bot) and the publisher. Must be
+    /// called inside the runtime; connects to nothing yet.
+    pub fn build(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let telegram = Telegram::new(
+            &config.bots,
+            &config.telegram_api_url,
+            usize::from(config.prefetch),
+        )?;
+        let publisher = Publisher::new(
+            config.amqp.clone(),
+            format!("tg-worker {} publish", config.instance),
+            PUBLISH_CONFIRM_TIMEOUT,
+            2,
+        );
+        let inner = Inner {
+            topology: Topology::new(config.amqp.prefix.clone()),
+            telegram,
+            publisher,
+            lanes: Lanes::default(),
+            tracker: TaskTracker::new(),
+            shutdown,
+            stats: Stats::default(),
+            consuming: AtomicBool::new(false),
+            config,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Counters, live.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Whether the worker currently has a consumer on the send queue.
+    pub fn is_consuming(&self) -> bool {
+        self.inner.consuming.load(Ordering::Relaxed)
+    }
+
+    /// Consumes until shutdown, then drains: stop taking deliveries, let started sends finish and
+    /// be acked, return the rest to the queue, close cleanly. Reconnects on connection loss.
+    pub async fn run(self) -> anyhow::Result<RunSummary> {
+        let inner = &self.inner;
+        tracing::info!(
+            instance = %inner.config.instance,
+            amqp = %inner.config.amqp.display_url(),
+            queue = %inner.topology.send_queue(),
+            bots = ?inner.telegram.aliases().collect::<Vec<_>>(),
+            telegram = %inner.config.telegram_api_url,
+            prefetch = inner.config.prefetch,
+            "worker starting"
+        );
+        let mut failures = 0u32;
+        let summary = loop {
+            match self.consume_session(&mut failures).await {
+                Ok(Some(summary)) => break summary,
+                Ok(None) => {}
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "broker connection lost; reconnecting"
+                        );
+                    } else {
+                        tracing::debug!(error = format!("{error:#}"), failures, "reconnect failed");
+                    }
+                }
+            }
+            let delay = backoff_delay(failures.max(1), RECONNECT_BASE, RECONNECT_MAX);
+            tokio::select! {
+                _ = inner.shutdown.requested() => {
+                    // No channel is open: nothing can be acked, in-flight work is already lost to
+                    // the broker's requeue. Wait only for tasks to notice.
+                    break self.drain(Instant::now()).await;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        };
+        inner.publisher.close().await;
+        tracing::info!(
+            delivered = summary.delivered,
+            dead_lettered = summary.dead_lettered,
+            requeued = summary.requeued,
+            drain_ms = summary.drain_time.as_millis() as u64,
+            timed_out = summary.timed_out,
+            "worker stopped"
+        );
+        Ok(summary)
+    }
+
+    /// One connection's life: connect, declare, consume until shutdown (→ `Some(summary)`) or
+    /// until the connection fails (→ `Err`, the caller reconnects).
+    async fn consume_session(&self, failures: &mut u32) -> anyhow::Result<Option<RunSummary>> {
+        use anyhow::Context as _;
+        let inner = &self.inner;
+        let name = format!("tg-worker {} consume", inner.config.instance);
+        let connection = connect(&inner.config.amqp, &name).await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("failed to open a channel")?;
+        inner
+            .topology
+            .declare(&channel)
+            .await
+            .context("failed to declare the topology")?;
+        channel
+            .basic_qos(inner.config.prefetch, BasicQosOptions::default())
+            .await
+            .context("failed to set the prefetch")?;
+        let mut consumer = channel
+            .basic_consume(
+                inner.topology.send_queue().into(),
+                format!(
+                    "{}-{}",
+                    inner.config.instance,
+                    shared::wire::new_request_id()
+                )
+                .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("failed to start consuming")?;
+        if *failures > 0 {
+            tracing::info!("broker connection restored; consuming again");
+        }
+        *failures = 0;
+        inner.consuming.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %inner.topology.send_queue(), "consuming");
+
+        let lost = loop {
+            tokio::select! {
+                biased;
+                _ = inner.shutdown.requested() => break None,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => process::accept(inner, delivery),
+                    Some(Err(error)) => break Some(anyhow::Error::new(error).context("consumer failed")),
+                    None => break Some(anyhow::anyhow!("the broker cancelled the consumer")),
+                },
+            }
+        };
+        inner.consuming.store(false, Ordering::Relaxed);
+        if let Some(error) = lost {
+            let _ = connection.close(200, "reconnecting".into()).await;
+            return Err(error);
+        }
+
+        let started = Instant::now();
+        // Stop new deliveries; those already received stay ours until acked or the channel closes.
+        if let Err(error) = channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(%error, "failed to cancel the consumer; closing the channel instead");
+        }
+        let summary = self.drain(started).await;
+        let _ = channel.close(200, "shutting down".into()).await;
+        let _ = connection.close(200, "shutting down".into()).await;
+        Ok(Some(summary))
+    }
+
+    /// Waits for delivery tasks to finish (each requeues the work it has not started), bounded by
+    /// the shutdown timeout and cut short by a second signal.
+    async fn drain(&self, started: Instant) -> RunSummary {
+        let inner = &self.inner;
+        inner.tracker.close();
+        let timed_out = tokio::select! {
+            _ = inner.tracker.wait() => false,
+            _ = tokio::time::sleep(inner.config.shutdown_timeout) => {
+                tracing::warn!(timeout_s = inner.config.shutdown_timeout.as_secs(),
+                    in_flight = inner.lanes.active(),
+                    "shutdown timeout reached; closing anyway (the broker requeues what is unacked)");
+                true
+            }
+            _ = inner.shutdown.immediate() => {
+                tracing::warn!(in_flight = inner.lanes.active(), "second signal; closing now");
+                true
+            }
+        };
+        let stats = &inner.stats;
+        RunSummary {
+            delivered: stats.delivered.load(Ordering::Relaxed),
+            dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
+            requeued: stats.requeued.load(Ordering::Relaxed),
+            drain_time: started.elapsed(),
+            timed_out,
+        }
+    }
+}

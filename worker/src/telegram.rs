@@ -1,0 +1,188 @@
+//! The worker's one Telegram client: a teloxide `Bot` per configured alias, all built on one
+//! `reqwest::Client`, so the process has exactly one connection pool whatever the number of bots.
+//!
+//! Requests go through the `Bot`'s own client, URL and token, but the body is the request's validated
+//! `params` sent as they are, and the answer is read here rather than by teloxide's typed requests:
+//! teloxide drops Telegram's `error_code` when it parses an error, and classification needs the code
+//! *and* the description. The token is part of every request URL, so no error that leaves this module
+//! carries a URL, and [`Telegram::redact`] scrubs the token from any text as a second line of defence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shared::config::Secret;
+use shared::wire::Method;
+use teloxide_core::Bot;
+use url::Url;
+
+/// What came back from one Telegram call, before classification.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawAnswer {
+    /// Telegram answered with a JSON document (whatever its HTTP status).
+    Json { status: u16, body: ApiResponse },
+    /// Telegram (or a proxy before it) answered with something that is not a Bot API document.
+    NotJson { status: u16, snippet: String },
+    /// No answer: connection refused or reset, timeout, TLS failure.
+    Transport { message: String, timed_out: bool },
+}
+
+/// Telegram's answer envelope.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ApiResponse {
+    pub ok: bool,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error_code: Option<u16>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<ResponseParameters>,
+}
+
+/// Telegram's `ResponseParameters`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ResponseParameters {
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    #[serde(default)]
+    pub migrate_to_chat_id: Option<i64>,
+}
+
+/// Every bot this worker may send for, sharing one HTTP connection pool.
+pub struct Telegram {
+    bots: HashMap<String, Bot>,
+    tokens: Vec<String>,
+}
+
+impl Telegram {
+    /// Builds the shared `reqwest::Client` and one `Bot` per alias. `pool_size` is how many idle
+    /// connections to keep per host (the worker's concurrency).
+    pub fn new(
+        bots: &BTreeMap<String, Secret<String>>,
+        api_url: &Url,
+        pool_size: usize,
+    ) -> anyhow::Result<Self> {
+        let client = teloxide_core::net::default_reqwest_settings()
+            .pool_max_idle_per_host(pool_size)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| anyhow::anyhow!("failed to build the HTTP client: {}", e.without_url()))?;
+        let bots = bots
+            .iter()
+            .map(|(alias, token)| {
+                let bot = Bot::with_client(token.expose().clone(), client.clone())
+                    .set_api_url(api_url.clone());
+                (alias.clone(), bot)
+            })
+            .collect::<HashMap<_, _>>();
+        let tokens = bots.values().map(|b| b.token().to_string()).collect();
+        Ok(Self { bots, tokens })
+    }
+
+    pub fn has_bot(&self, alias: &str) -> bool {
+        self.bots.contains_key(alias)
+    }
+
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.bots.keys().map(String::as_str)
+    }
+
+    /// Calls `method` for bot `alias` with a JSON body. Never fails: every failure is a
+    /// [`RawAnswer`] for the classifier. `None` when the alias is unknown.
+    pub async fn call(&self, alias: &str, method: &str, body: Vec<u8>) -> Option<RawAnswer> {
+        let bot = self.bots.get(alias)?;
+        let url = method_url(bot, method);
+        let response = bot
+            .client()
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        let answer = match response {
+            Err(e) => transport_failure(e),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Err(e) => transport_failure(e),
+                    Ok(bytes) => self.parse_answer(status, &bytes),
+                }
+            }
+        };
+        Some(answer)
+    }
+
+    fn parse_answer(&self, status: u16, bytes: &[u8]) -> RawAnswer {
+        match serde_json::from_slice::<ApiResponse>(bytes) {
+            Ok(body) => RawAnswer::Json { status, body },
+            Err(_) => {
+                let snippet = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
+                RawAnswer::NotJson {
+                    status,
+                    snippet: self.redact(&snippet),
+                }
+            }
+        }
+    }
+
+    /// Sends one request's params with `method` (sendMessage, …).
+    pub async fn send(&self, alias: &str, method: Method, body: Vec<u8>) -> Option<RawAnswer> {
+        self.call(alias, method.as_str(), body).await
+    }
+
+    /// `text` with every configured token replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        self.tokens.iter().fold(text.to_string(), |acc, token| {
+            acc.replace(token, "[redacted]")
+        })
+    }
+}
+
+fn method_url(bot: &Bot, method: &str) -> Url {
+    let mut url = bot.api_url();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .push(&format!("bot{}", bot.token()))
+            .push(method);
+    }
+    url
+}
+
+fn transport_failure(error: reqwest::Error) -> RawAnswer {
+    let timed_out = error.is_timeout();
+    // `without_url` drops the request URL, which holds the token.
+    let error = error.without_url();
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    RawAnswer::Transport { message, timed_out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_urls_keep_a_base_path_and_redaction_hides_tokens() {
+        let bots: BTreeMap<String, Secret<String>> =
+            [("default".to_string(), Secret::new("123:sekrit".to_string()))].into();
+        let url = Url::parse("http://127.0.0.1:9/tg/").unwrap();
+        let telegram = Telegram::new(&bots, &url, 4).unwrap();
+        let bot = &telegram.bots["default"];
+        assert_eq!(
+            method_url(bot, "sendMessage").as_str(),
+            "http://127.0.0.1:9/tg/bot123:sekrit/sendMessage"
+        );
+        assert_eq!(
+            telegram.redact("GET /bot123:sekrit/x failed"),
+            "GET /bot[redacted]/x failed"
+        );
+    }
+}
