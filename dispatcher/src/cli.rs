@@ -35,12 +35,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Target chat: an integer id or a public @username.
-    #[arg(
-        long,
-        allow_hyphen_values = true,
-        required_unless_present = "json",
-        conflicts_with = "json"
-    )]
+    #[arg(long, allow_hyphen_values = true, required_unless_present = "json", conflicts_with = "json")]
     pub chat_id: Option<String>,
     /// Message text (sendMessage).
     #[arg(long, required_unless_present = "json", conflicts_with = "json")]
@@ -66,15 +61,8 @@ pub async fn send(config: &DispatcherConfig, args: SendArgs) -> anyhow::Result<S
         None => flags_document(&args)?,
     };
     let request = SendRequest::from_value(document).context("the request is not valid")?;
-    let publisher = Publisher::new(
-        config.amqp.clone(),
-        "tg-dispatcher send",
-        config.publish_timeout,
-        1,
-    );
-    let published = publisher
-        .publish_request(&request, crate::http::APP_ID)
-        .await;
+    let publisher = Publisher::new(config.amqp.clone(), "tg-dispatcher send", config.publish_timeout, 1);
+    let published = publisher.publish_request(&request, crate::http::APP_ID).await;
     publisher.close().await;
     published.with_context(|| format!("the broker did not confirm request {}", request.id()))?;
     Ok(request.id().to_string())
@@ -83,30 +71,19 @@ pub async fn send(config: &DispatcherConfig, args: SendArgs) -> anyhow::Result<S
 async fn read_document(path: &PathBuf) -> anyhow::Result<Value> {
     let mut raw = Vec::new();
     if path.as_os_str() == "-" {
-        tokio::io::stdin()
-            .read_to_end(&mut raw)
-            .await
-            .context("failed to read standard input")?;
+        tokio::io::stdin().read_to_end(&mut raw).await.context("failed to read standard input")?;
     } else {
-        raw = tokio::fs::read(path)
-            .await
-            .with_context(|| format!("failed to read {}", path.display()))?;
+        raw = tokio::fs::read(path).await.with_context(|| format!("failed to read {}", path.display()))?;
     }
     serde_json::from_slice(&raw).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 fn flags_document(args: &SendArgs) -> anyhow::Result<Value> {
     let chat_id = args.chat_id.as_deref().context("--chat-id is required")?;
-    let chat_id = chat_id
-        .parse::<i64>()
-        .map(Value::from)
-        .unwrap_or_else(|_| Value::from(chat_id));
+    let chat_id = chat_id.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(chat_id));
     let mut params = Map::new();
     params.insert("chat_id".into(), chat_id);
-    params.insert(
-        "text".into(),
-        json!(args.text.as_deref().context("--text is required")?),
-    );
+    params.insert("text".into(), json!(args.text.as_deref().context("--text is required")?));
     if let Some(mode) = &args.parse_mode {
         params.insert("parse_mode".into(), json!(mode));
     }

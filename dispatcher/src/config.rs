@@ -34,14 +34,9 @@ pub struct DispatcherConfig {
 
 impl DispatcherConfig {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
-        let listen = env
-            .non_empty("DISPATCHER_LISTEN")
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = env.non_empty("DISPATCHER_LISTEN").unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen.parse().map_err(|_| {
-            ConfigError::new(
-                "DISPATCHER_LISTEN",
-                format!("{listen:?} is not an ip:port address"),
-            )
+            ConfigError::new("DISPATCHER_LISTEN", format!("{listen:?} is not an ip:port address"))
         })?;
         let api_keys: Vec<Secret<String>> = env
             .non_empty("DISPATCHER_API_KEYS")
@@ -59,13 +54,9 @@ impl DispatcherConfig {
                 "every key must be at least 16 characters (keys are not shown)",
             ));
         }
-        let publish_timeout =
-            env.secs_or("DISPATCHER_PUBLISH_TIMEOUT_SECS", DEFAULT_PUBLISH_TIMEOUT)?;
+        let publish_timeout = env.secs_or("DISPATCHER_PUBLISH_TIMEOUT_SECS", DEFAULT_PUBLISH_TIMEOUT)?;
         if publish_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "DISPATCHER_PUBLISH_TIMEOUT_SECS",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new("DISPATCHER_PUBLISH_TIMEOUT_SECS", "must be at least 1"));
         }
         Ok(Self {
             amqp: AmqpSettings::from_env(env)?,
@@ -101,19 +92,10 @@ mod tests {
     fn no_keys_means_loopback_only() {
         let env: HashMap<&str, &str> = [("DISPATCHER_LISTEN", "0.0.0.0:8080")].into();
         let config = DispatcherConfig::from_env(&env).unwrap();
-        assert_eq!(
-            config.check_listen_policy().unwrap_err().var,
-            "DISPATCHER_API_KEYS"
-        );
-        let env: HashMap<&str, &str> = [
-            ("DISPATCHER_LISTEN", "0.0.0.0:8080"),
-            ("DISPATCHER_API_KEYS", "k-0123456789abcdef"),
-        ]
-        .into();
-        assert!(DispatcherConfig::from_env(&env)
-            .unwrap()
-            .check_listen_policy()
-            .is_ok());
+        assert_eq!(config.check_listen_policy().unwrap_err().var, "DISPATCHER_API_KEYS");
+        let env: HashMap<&str, &str> =
+            [("DISPATCHER_LISTEN", "0.0.0.0:8080"), ("DISPATCHER_API_KEYS", "k-0123456789abcdef")].into();
+        assert!(DispatcherConfig::from_env(&env).unwrap().check_listen_policy().is_ok());
         let config = DispatcherConfig::from_env(&HashMap::<&str, &str>::new()).unwrap();
         assert!(config.check_listen_policy().is_ok());
     }
@@ -129,10 +111,7 @@ mod tests {
             let env: HashMap<&str, &str> = [(var, value)].into();
             let err = DispatcherConfig::from_env(&env).unwrap_err();
             assert_eq!(err.var, var);
-            assert!(
-                !err.to_string().contains("short"),
-                "keys are never echoed: {err}"
-            );
+            assert!(!err.to_string().contains("short"), "keys are never echoed: {err}");
         }
     }
 }

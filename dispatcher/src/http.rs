@@ -35,10 +35,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/messages", post(send_one))
         .route("/v1/messages/batch", post(send_batch))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
@@ -102,9 +99,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status(), Json(json!({"error": self.body()}))).into_response();
         if matches!(self, ApiError::Unavailable(_)) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
         response
     }
@@ -121,9 +116,10 @@ async fn require_api_key(
     let presented = bearer_token(request.headers()).ok_or(ApiError::Unauthorized)?;
     // Compare against every key without stopping early, so timing says nothing about which
     // prefix matched.
-    let matched = state.api_keys.iter().fold(false, |found, key| {
-        constant_time_eq(key.expose().as_bytes(), presented) | found
-    });
+    let matched = state
+        .api_keys
+        .iter()
+        .fold(false, |found, key| constant_time_eq(key.expose().as_bytes(), presented) | found);
     if matched {
         Ok(next.run(request).await)
     } else {
@@ -134,9 +130,7 @@ async fn require_api_key(
 fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let scheme = value.get(..7)?;
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
-        .then(|| value[7..].trim_ascii())
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| value[7..].trim_ascii())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -203,13 +197,8 @@ async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Respons
     }))
     .await;
     let accepted = results.iter().filter(|r| r["status"] == 202).count();
-    let status = if accepted == results.len() {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::MULTI_STATUS
-    };
-    let body =
-        json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results});
+    let status = if accepted == results.len() { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
+    let body = json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results});
     Ok((status, Json(body)).into_response())
 }
 

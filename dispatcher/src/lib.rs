@@ -36,21 +36,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let publisher = Publisher::new(
-            config.amqp.clone(),
-            "tg-dispatcher",
-            config.publish_timeout,
-            PUBLISH_CHANNELS,
-        );
-        let state = http::AppState {
-            publisher: Arc::new(publisher),
-            api_keys: Arc::new(config.api_keys.clone()),
-        };
-        Ok(Self {
-            listener,
-            state,
-            config,
-        })
+        let publisher =
+            Publisher::new(config.amqp.clone(), "tg-dispatcher", config.publish_timeout, PUBLISH_CHANNELS);
+        let state =
+            http::AppState { publisher: Arc::new(publisher), api_keys: Arc::new(config.api_keys.clone()) };
+        Ok(Self { listener, state, config })
     }
 
     /// The address actually bound.

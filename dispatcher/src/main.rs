@@ -29,10 +29,7 @@ fn main() -> ExitCode {
 
     // The one runtime of this process, built here and nowhere else (clippy.toml forbids it elsewhere).
     #[allow(clippy::disallowed_methods)]
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("tg-dispatcher: failed to start the async runtime: {error}");
@@ -47,13 +44,11 @@ fn main() -> ExitCode {
                 Application::build(config).await?.run(shutdown).await
             }
             Command::Send(args) => {
-                let sent = tokio::time::timeout(
-                    dispatcher::cli::CLI_TIMEOUT,
-                    dispatcher::cli::send(&config, args),
-                );
-                let id = sent.await.map_err(|_| {
-                    anyhow::anyhow!("gave up after {:?}", dispatcher::cli::CLI_TIMEOUT)
-                })??;
+                let sent =
+                    tokio::time::timeout(dispatcher::cli::CLI_TIMEOUT, dispatcher::cli::send(&config, args));
+                let id = sent
+                    .await
+                    .map_err(|_| anyhow::anyhow!("gave up after {:?}", dispatcher::cli::CLI_TIMEOUT))??;
                 println!("{id}");
                 Ok(())
             }

@@ -71,6 +71,9 @@ pub fn backoff_delay(failures: u32, base: Duration, max: Duration) -> Duration {
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
     pub exchange: &'a str,
+    /// Ask the broker to return the message if no queue takes it (then the publish fails as
+    /// `Unroutable`). Events are published without it: nobody listening is not an error.
+    pub mandatory: bool,
     pub routing_key: &'a str,
     pub body: &'a [u8],
     pub properties: BasicProperties,
@@ -138,7 +141,7 @@ impl Publisher {
         self.link().await.map(|_| ())
     }
 
-    /// Publishes one message persistently and `mandatory`, and returns only once the broker has
+    /// Publishes one message persistently, and returns only once the broker has
     /// confirmed it. Every error means the broker may not hold the message.
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
         let link = self.link().await?;
@@ -150,10 +153,7 @@ impl Publisher {
                 .basic_publish(
                     message.exchange.into(),
                     message.routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
+                    BasicPublishOptions { mandatory: true, immediate: false },
                     message.body,
                     properties,
                 )
@@ -164,9 +164,7 @@ impl Publisher {
             Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
             Ok(Err(e)) => Err(PublishError::Failed(e)),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                Err(PublishError::Unroutable(message.exchange.to_string()))
-            }
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable(message.exchange.to_string())),
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             // Only on channels without confirm mode, which ours never are.
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
@@ -179,11 +177,7 @@ impl Publisher {
 
     /// Publishes a validated send request to the send exchange, routed by its bot alias, with its id
     /// as the AMQP `message_id`. Returns once the broker confirmed it.
-    pub async fn publish_request(
-        &self,
-        request: &SendRequest,
-        app_id: &str,
-    ) -> Result<(), PublishError> {
+    pub async fn publish_request(&self, request: &SendRequest, app_id: &str) -> Result<(), PublishError> {
         let body = request.to_json();
         let exchange = self.topology.send_exchange();
         let properties = BasicProperties::default()
@@ -193,6 +187,7 @@ impl Publisher {
             .with_timestamp(unix_now());
         self.publish(Outgoing {
             exchange: &exchange,
+            mandatory: true,
             routing_key: request.bot(),
             body: &body,
             properties,
@@ -210,24 +205,16 @@ impl Publisher {
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<Arc<Link>>> {
         // A panic while holding this lock cannot leave the Option half-written.
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn usable_link(&self) -> Option<Arc<Link>> {
-        self.lock_current()
-            .as_ref()
-            .filter(|link| link.is_usable())
-            .cloned()
+        self.lock_current().as_ref().filter(|link| link.is_usable()).cloned()
     }
 
     fn discard(&self, failed: &Arc<Link>) {
         let mut current = self.lock_current();
-        if current
-            .as_ref()
-            .is_some_and(|link| Arc::ptr_eq(link, failed))
-        {
+        if current.as_ref().is_some_and(|link| Arc::ptr_eq(link, failed)) {
             *current = None;
         }
     }
@@ -266,8 +253,7 @@ impl Publisher {
             }
             Err(error) => {
                 state.failures += 1;
-                let delay =
-                    backoff_delay(state.failures, RECONNECT_BASE_DELAY, RECONNECT_MAX_DELAY);
+                let delay = backoff_delay(state.failures, RECONNECT_BASE_DELAY, RECONNECT_MAX_DELAY);
                 state.retry_at = Some(Instant::now() + delay);
                 if state.failures == 1 {
                     tracing::warn!(connection = %self.connection_name, error = format!("{error:#}"),
@@ -284,36 +270,25 @@ impl Publisher {
         let setup = async {
             let mut channels = Vec::with_capacity(self.channel_count);
             for _ in 0..self.channel_count {
-                let channel = connection
-                    .create_channel()
-                    .await
-                    .context("failed to open a channel")?;
+                let channel = connection.create_channel().await.context("failed to open a channel")?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await
                     .context("failed to enable publisher confirms")?;
                 channels.push(channel);
             }
-            self.topology
-                .declare(&channels[0])
-                .await
-                .context("failed to declare the topology")?;
+            self.topology.declare(&channels[0]).await.context("failed to declare the topology")?;
             anyhow::Ok(channels)
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-            Ok(Ok(channels)) => Ok(Link {
-                connection,
-                channels,
-            }),
+            Ok(Ok(channels)) => Ok(Link { connection, channels }),
             Ok(Err(e)) => {
                 let _ = connection.close(200, "setup failed".into()).await;
                 Err(e)
             }
             Err(_) => {
                 let _ = connection.close(200, "setup timed out".into()).await;
-                Err(anyhow::anyhow!(
-                    "channel set-up took longer than {CONNECT_TIMEOUT:?}"
-                ))
+                Err(anyhow::anyhow!("channel set-up took longer than {CONNECT_TIMEOUT:?}"))
             }
         }
     }
@@ -321,10 +296,7 @@ impl Publisher {
 
 /// Seconds since the Unix epoch (AMQP timestamps have one-second resolution).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

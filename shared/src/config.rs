@@ -54,10 +54,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(var: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            var,
-            message: message.into(),
-        }
+        Self { var, message: message.into() }
     }
 }
 
@@ -68,9 +65,7 @@ pub trait EnvSource {
 
     /// The value, or `None` when unset or blank (a blank variable in a compose file means "unset").
     fn non_empty(&self, name: &str) -> Option<String> {
-        self.get(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+        self.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
     }
 
     /// Parses the variable, falling back to `default` when unset; errors name the variable.
@@ -81,16 +76,15 @@ pub trait EnvSource {
     {
         match self.non_empty(name) {
             None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|e| ConfigError::new(name, format!("{raw:?} is not valid: {e}"))),
+            Some(raw) => {
+                raw.parse().map_err(|e| ConfigError::new(name, format!("{raw:?} is not valid: {e}")))
+            }
         }
     }
 
     /// A duration given in whole seconds.
     fn secs_or(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        self.parse_or::<u64>(name, default.as_secs())
-            .map(Duration::from_secs)
+        self.parse_or::<u64>(name, default.as_secs()).map(Duration::from_secs)
     }
 }
 
@@ -126,18 +120,11 @@ pub struct AmqpSettings {
 
 impl AmqpSettings {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
-        let url = env
-            .non_empty("AMQP_URL")
-            .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+        let url = env.non_empty("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
         let url = with_default_heartbeat(&url).map_err(|e| ConfigError::new("AMQP_URL", e))?;
-        let prefix = env
-            .non_empty("QUEUE_PREFIX")
-            .unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_string());
+        let prefix = env.non_empty("QUEUE_PREFIX").unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_string());
         validate_prefix(&prefix).map_err(|e| ConfigError::new("QUEUE_PREFIX", e))?;
-        Ok(Self {
-            url: Secret::new(url),
-            prefix,
-        })
+        Ok(Self { url: Secret::new(url), prefix })
     }
 
     /// Settings for a given URL and prefix, validated the same way as from the environment.
@@ -157,9 +144,7 @@ fn with_default_heartbeat(url: &str) -> Result<String, String> {
     parse_amqp_uri(url)?;
     let mut parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !parsed.query_pairs().any(|(key, _)| key == "heartbeat") {
-        parsed
-            .query_pairs_mut()
-            .append_pair("heartbeat", &DEFAULT_HEARTBEAT_SECS.to_string());
+        parsed.query_pairs_mut().append_pair("heartbeat", &DEFAULT_HEARTBEAT_SECS.to_string());
     }
     Ok(parsed.to_string())
 }
@@ -172,10 +157,7 @@ fn with_default_heartbeat(url: &str) -> Result<String, String> {
 pub fn parse_amqp_uri(url: &str) -> Result<AMQPUri, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "amqp" | "amqps") {
-        return Err(format!(
-            "scheme {:?} must be amqp or amqps",
-            parsed.scheme()
-        ));
+        return Err(format!("scheme {:?} must be amqp or amqps", parsed.scheme()));
     }
     let mut uri = AMQPUri::from_str(url).map_err(|e| format!("not an AMQP URL: {e}"))?;
     match parsed.host_str() {
@@ -202,15 +184,11 @@ pub fn redact_amqp_url(url: &str) -> String {
 fn validate_prefix(prefix: &str) -> Result<(), String> {
     let valid = !prefix.is_empty()
         && prefix.len() <= 100
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "{prefix:?} must be 1-100 characters of A-Z a-z 0-9 - _ ."
-        ))
+        Err(format!("{prefix:?} must be 1-100 characters of A-Z a-z 0-9 - _ ."))
     }
 }
 
@@ -228,10 +206,7 @@ impl LogFormat {
         match env.non_empty("LOG_FORMAT").as_deref() {
             None | Some("text") => Ok(Self::Text),
             Some("json") => Ok(Self::Json),
-            Some(other) => Err(ConfigError::new(
-                "LOG_FORMAT",
-                format!("{other:?} must be text or json"),
-            )),
+            Some(other) => Err(ConfigError::new("LOG_FORMAT", format!("{other:?} must be text or json"))),
         }
     }
 }
@@ -250,11 +225,7 @@ mod tests {
     fn amqp_url_gets_a_heartbeat_and_its_password_is_redacted_for_logs() {
         let env: HashMap<&str, &str> = [("AMQP_URL", "amqp://u:hunter2@rabbit:5672/%2f")].into();
         let settings = AmqpSettings::from_env(&env).unwrap();
-        assert!(
-            settings.url.expose().contains("heartbeat=10"),
-            "{}",
-            settings.url.expose()
-        );
+        assert!(settings.url.expose().contains("heartbeat=10"), "{}", settings.url.expose());
         assert!(!settings.display_url().contains("hunter2"));
         assert!(settings.display_url().contains("rabbit"));
         assert_eq!(settings.prefix, "tg");
@@ -266,19 +237,10 @@ mod tests {
     #[test]
     fn an_ip_host_is_kept_not_replaced_by_localhost() {
         let uri = parse_amqp_uri("amqp://guest:guest@10.1.2.3:5673/%2f").unwrap();
-        assert_eq!(
-            (uri.authority.host.as_str(), uri.authority.port),
-            ("10.1.2.3", 5673)
-        );
+        assert_eq!((uri.authority.host.as_str(), uri.authority.port), ("10.1.2.3", 5673));
         let env: HashMap<&str, &str> = [("AMQP_URL", "amqp://h/%2f?heartbeat=3")].into();
         let settings = AmqpSettings::from_env(&env).unwrap();
-        assert_eq!(
-            parse_amqp_uri(settings.url.expose())
-                .unwrap()
-                .query
-                .heartbeat,
-            Some(3)
-        );
+        assert_eq!(parse_amqp_uri(settings.url.expose()).unwrap().query.heartbeat, Some(3));
     }
 
     #[test]
@@ -286,10 +248,7 @@ mod tests {
         let env: HashMap<&str, &str> = [("AMQP_URL", "http://nope")].into();
         assert_eq!(AmqpSettings::from_env(&env).unwrap_err().var, "AMQP_URL");
         let env: HashMap<&str, &str> = [("QUEUE_PREFIX", "a b")].into();
-        assert_eq!(
-            AmqpSettings::from_env(&env).unwrap_err().var,
-            "QUEUE_PREFIX"
-        );
+        assert_eq!(AmqpSettings::from_env(&env).unwrap_err().var, "QUEUE_PREFIX");
         let env: HashMap<&str, &str> = [("LOG_FORMAT", "xml")].into();
         assert_eq!(LogFormat::from_env(&env).unwrap_err().var, "LOG_FORMAT");
         let env: HashMap<&str, &str> = [("N", "x")].into();

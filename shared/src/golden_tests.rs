@@ -34,10 +34,7 @@ fn load(name: &str) -> Vec<Value> {
 }
 
 fn schema() -> jsonschema::Validator {
-    let path = format!(
-        "{}/../schema/send-request.v1.schema.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../schema/send-request.v1.schema.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
     jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
@@ -55,14 +52,8 @@ fn valid_requests_become_exactly_their_canonical_json_and_match_the_schema() {
             .unwrap_or_else(|e| panic!("{name}: refused: {e}"));
         let published: Value = serde_json::from_slice(&request.to_json()).expect("JSON");
         assert_eq!(published, case["canonical"], "{name}");
-        assert!(
-            schema.is_valid(input),
-            "{name}: the schema refuses a valid input"
-        );
-        assert!(
-            schema.is_valid(&published),
-            "{name}: the schema refuses the canonical form"
-        );
+        assert!(schema.is_valid(input), "{name}: the schema refuses a valid input");
+        assert!(schema.is_valid(&published), "{name}: the schema refuses the canonical form");
     }
 }
 
@@ -78,9 +69,6 @@ fn invalid_requests_name_their_field_and_the_schema_refuses_them_too() {
             .expect_err(&format!("{name}: should be refused"));
         let got = serde_json::json!({"code": error.code, "field": error.field});
         assert_eq!(got, case["error"], "{name}: {error}");
-        assert!(
-            !schema.is_valid(input),
-            "{name}: the schema accepts an invalid input"
-        );
+        assert!(!schema.is_valid(input), "{name}: the schema accepts an invalid input");
     }
 }

@@ -6,6 +6,7 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
+use std::time::Duration;
 
 /// How many times the broker hands out one message before it gives up and dead-letters it
 /// (quorum queue `x-delivery-limit`). RabbitMQ 3.x has no default: without it a message that
@@ -16,8 +17,35 @@ pub const DELIVERY_LIMIT: i64 = 20;
 pub const HEADER_ERROR: &str = "x-tg-error";
 /// Header a dead letter carries: the bot alias it was for, when known.
 pub const HEADER_BOT: &str = "x-tg-bot";
-/// Header a dead letter carries: when it was dead-lettered (RFC 3339).
+/// Header a dead letter carries: when it was dead-lettered (AMQP timestamp).
 pub const HEADER_DEAD_AT: &str = "x-tg-dead-at";
+/// Header a dead letter carries: the class of the failure (`recipient_gone`, `transient`, …).
+pub const HEADER_ERROR_CLASS: &str = "x-tg-error-class";
+/// Failed attempts so far (transient failures; floods and pacing delays do not count).
+pub const HEADER_ATTEMPTS: &str = "x-tg-attempts";
+/// When the worker first received the request (Unix milliseconds), for `RETRY_MAX_AGE_SECS`.
+pub const HEADER_FIRST_SEEN: &str = "x-tg-first-seen";
+/// A chat slot already reserved for this request (Unix milliseconds): set when pacing parks a
+/// request in a delay queue, so it keeps its place in its chat's order.
+pub const HEADER_SLOT: &str = "x-tg-slot";
+/// Do not send before this instant (Unix milliseconds): set for retries and flood waits.
+pub const HEADER_NOT_BEFORE: &str = "x-tg-not-before";
+/// 429s seen so far for this request.
+pub const HEADER_FLOODS: &str = "x-tg-floods";
+/// The chat the producer named, when Telegram migrated it (the body then holds the new id).
+pub const HEADER_ORIGINAL_CHAT: &str = "x-tg-original-chat-id";
+
+/// Delay tiers: one queue per TTL (RabbitMQ expires messages only at a queue's head, so one queue
+/// must not mix delays). A delayed message goes to the longest tier not past its due time and is
+/// re-parked on return if it is still early.
+pub const DELAY_TIERS: [Duration; 6] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+    Duration::from_secs(3600),
+];
 
 /// Names of everything on the broker for one `QUEUE_PREFIX`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +55,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        Self { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -56,54 +82,64 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Topic exchange of delivery events (`delivered.<bot>`, `failed.<bot>`, `retrying.<bot>`);
+    /// producers bind their own queues to it. Nothing is bound by default.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The delay queue of one tier, e.g. `tg.delay.30s`. Published to through the default
+    /// exchange; expired messages go back to the send exchange.
+    pub fn delay_queue(&self, tier: Duration) -> String {
+        format!("{}.delay.{}s", self.prefix, tier.as_secs())
+    }
+
+    /// Every queue of this topology.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![self.send_queue(), self.dead_queue()];
+        queues.extend(DELAY_TIERS.iter().map(|tier| self.delay_queue(*tier)));
+        queues
+    }
+
+    fn exchanges(&self) -> [String; 3] {
+        [self.send_exchange(), self.dead_exchange(), self.events_exchange()]
+    }
+
+    /// The delay tier for a wait of `remaining`: the longest tier not longer than it (the shortest
+    /// tier for anything shorter).
+    pub fn tier_for(remaining: Duration) -> Duration {
+        DELAY_TIERS.iter().rev().copied().find(|tier| *tier <= remaining).unwrap_or(DELAY_TIERS[0])
+    }
+
     /// Declares every exchange, queue and binding. Safe to call any number of times.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        for exchange in [self.send_exchange(), self.dead_exchange()] {
-            channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        for exchange in self.exchanges() {
+            let kind = ExchangeKind::Topic;
+            channel.exchange_declare(exchange.into(), kind, durable, FieldTable::default()).await?;
         }
 
         let mut dead_args = quorum_args();
         // A dead letter must not be lost because the dead queue is full: refuse instead, which
         // makes the publisher's confirm fail and the message stay where it was.
-        dead_args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-        self.declare_bound_queue(channel, self.dead_queue(), self.dead_exchange(), dead_args)
-            .await?;
+        dead_args.insert("x-overflow".into(), string("reject-publish"));
+        let (dead_queue, dead_exchange) = (self.dead_queue(), self.dead_exchange());
+        self.declare_bound_queue(channel, dead_queue, dead_exchange, dead_args).await?;
 
-        let mut send_args = quorum_args();
-        send_args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
-        send_args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.dead_exchange().into()),
-        );
-        // Quorum queues can dead-letter with confirms (no loss between the two queues); that
-        // strategy requires reject-publish overflow.
-        send_args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        send_args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-        self.declare_bound_queue(channel, self.send_queue(), self.send_exchange(), send_args)
-            .await
+        let mut send_args = dead_letter_args(&self.dead_exchange());
+        send_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        let (send_queue, send_exchange) = (self.send_queue(), self.send_exchange());
+        self.declare_bound_queue(channel, send_queue, send_exchange, send_args).await?;
+
+        // Delay tiers: expired messages dead-letter back to the send exchange (original routing
+        // key = the delay queue's name, which `#` matches).
+        for tier in DELAY_TIERS {
+            let mut args = dead_letter_args(&self.send_exchange());
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier.as_millis() as i64));
+            let options = QueueDeclareOptions { durable: true, ..Default::default() };
+            channel.queue_declare(self.delay_queue(tier).into(), options, args).await?;
+        }
+        Ok(())
     }
 
     async fn declare_bound_queue(
@@ -113,13 +149,8 @@ impl Topology {
         exchange: String,
         args: FieldTable,
     ) -> lapin::Result<()> {
-        let options = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(queue.clone().into(), options, args)
-            .await?;
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(queue.clone().into(), options, args).await?;
         channel
             .queue_bind(
                 queue.into(),
@@ -134,25 +165,47 @@ impl Topology {
     /// Deletes every queue and exchange of this prefix, messages included. For tests and for
     /// tearing down a demo; never called by the daemons.
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for queue in [self.send_queue(), self.dead_queue()] {
-            channel
-                .queue_delete(queue.into(), Default::default())
-                .await?;
+        for queue in self.queues() {
+            channel.queue_delete(queue.into(), Default::default()).await?;
         }
-        for exchange in [self.send_exchange(), self.dead_exchange()] {
-            channel
-                .exchange_delete(exchange.into(), Default::default())
-                .await?;
+        for exchange in self.exchanges() {
+            channel.exchange_delete(exchange.into(), Default::default()).await?;
         }
         Ok(())
     }
 }
 
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// Quorum queue arguments for dead-lettering to `exchange` with confirms (no loss between the two
+/// queues); that strategy requires reject-publish overflow.
+fn dead_letter_args(exchange: &str) -> FieldTable {
+    let mut args = quorum_args();
+    args.insert("x-dead-letter-exchange".into(), string(exchange));
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
+    args
+}
+
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_goes_to_the_longest_tier_not_past_it() {
+        let s = Duration::from_secs;
+        assert_eq!(Topology::tier_for(Duration::from_millis(300)), s(1));
+        assert_eq!(Topology::tier_for(s(29)), s(5));
+        assert_eq!(Topology::tier_for(s(30)), s(30));
+        assert_eq!(Topology::tier_for(s(86_400)), s(3600));
+        assert_eq!(Topology::new("tg").delay_queue(s(30)), "tg.delay.30s");
+    }
 }

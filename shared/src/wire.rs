@@ -148,11 +148,7 @@ pub struct WireError {
 
 impl WireError {
     fn new(code: WireErrorCode, field: Option<&str>, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            field: field.map(str::to_string),
-        }
+        Self { code, message: message.into(), field: field.map(str::to_string) }
     }
 
     fn missing(field: &str) -> Self {
@@ -160,19 +156,11 @@ impl WireError {
     }
 
     fn unknown(field: &str, allowed: &str) -> Self {
-        Self::new(
-            WireErrorCode::UnknownField,
-            Some(field),
-            format!("is not a known field; {allowed}"),
-        )
+        Self::new(WireErrorCode::UnknownField, Some(field), format!("is not a known field; {allowed}"))
     }
 
     fn wrong_type(field: &str, expected: &str) -> Self {
-        Self::new(
-            WireErrorCode::InvalidType,
-            Some(field),
-            format!("must be {expected}"),
-        )
+        Self::new(WireErrorCode::InvalidType, Some(field), format!("must be {expected}"))
     }
 
     fn bad_value(field: &str, message: impl Into<String>) -> Self {
@@ -202,16 +190,9 @@ impl SendRequest {
 
     /// Parses and validates a JSON body; `default_id` supplies the id when the body has none (the
     /// worker passes the AMQP `message_id` of a raw-published message, if any).
-    pub fn from_json_or_id(
-        body: &[u8],
-        default_id: impl FnOnce() -> String,
-    ) -> Result<Self, WireError> {
+    pub fn from_json_or_id(body: &[u8], default_id: impl FnOnce() -> String) -> Result<Self, WireError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
-            WireError::new(
-                WireErrorCode::InvalidJson,
-                None,
-                format!("the body is not valid JSON: {e}"),
-            )
+            WireError::new(WireErrorCode::InvalidJson, None, format!("the body is not valid JSON: {e}"))
         })?;
         Self::from_value_or_id(value, default_id)
     }
@@ -221,10 +202,7 @@ impl SendRequest {
         Self::from_value_or_id(value, new_request_id)
     }
 
-    fn from_value_or_id(
-        value: Value,
-        default_id: impl FnOnce() -> String,
-    ) -> Result<Self, WireError> {
+    fn from_value_or_id(value: Value, default_id: impl FnOnce() -> String) -> Result<Self, WireError> {
         let Value::Object(mut doc) = value else {
             return Err(WireError::new(
                 WireErrorCode::InvalidType,
@@ -233,19 +211,13 @@ impl SendRequest {
             ));
         };
         if let Some(unknown) = doc.keys().find(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
-            return Err(WireError::unknown(
-                unknown,
-                &format!("allowed: {}", TOP_LEVEL_FIELDS.join(", ")),
-            ));
+            return Err(WireError::unknown(unknown, &format!("allowed: {}", TOP_LEVEL_FIELDS.join(", "))));
         }
         match take_present(&mut doc, "version") {
             None => {}
             Some(Value::Number(n)) if n.as_u64() == Some(WIRE_VERSION) => {}
             Some(Value::Number(_)) => {
-                return Err(WireError::bad_value(
-                    "version",
-                    "must be 1, the only version",
-                ))
+                return Err(WireError::bad_value("version", "must be 1, the only version"))
             }
             Some(_) => return Err(WireError::wrong_type("version", "the integer 1")),
         }
@@ -270,9 +242,7 @@ impl SendRequest {
             Some(Value::String(name)) => Method::from_name(&name).ok_or_else(|| {
                 WireError::bad_value(
                     "method",
-                    format!(
-                        "{name:?} is not supported; use sendMessage, sendPhoto or sendDocument"
-                    ),
+                    format!("{name:?} is not supported; use sendMessage, sendPhoto or sendDocument"),
                 )
             })?,
             Some(_) => return Err(WireError::wrong_type("method", "a string")),
@@ -286,9 +256,7 @@ impl SendRequest {
         let metadata = match take_present(&mut doc, "metadata") {
             None => None,
             Some(Value::Object(metadata)) => {
-                let size = serde_json::to_vec(&metadata)
-                    .map(|v| v.len())
-                    .unwrap_or(usize::MAX);
+                let size = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(usize::MAX);
                 if size > MAX_METADATA_BYTES {
                     return Err(WireError::bad_value(
                         "metadata",
@@ -299,14 +267,7 @@ impl SendRequest {
             }
             Some(_) => return Err(WireError::wrong_type("metadata", "an object")),
         };
-        Ok(Self {
-            id,
-            bot,
-            method,
-            params,
-            metadata,
-            chat_id,
-        })
+        Ok(Self { id, bot, method, params, metadata, chat_id })
     }
 
     /// The request id: the producer's idempotency key, or the UUID assigned at the door.
@@ -344,8 +305,7 @@ impl SendRequest {
     /// Points the request at the supergroup a group migrated to (Telegram's `migrate_to_chat_id`).
     pub fn migrate_to(&mut self, new_chat_id: i64) {
         self.chat_id = ChatId::Id(new_chat_id);
-        self.params
-            .insert("chat_id".to_string(), Value::from(new_chat_id));
+        self.params.insert("chat_id".to_string(), Value::from(new_chat_id));
     }
 
     /// The canonical JSON of the request (id and bot filled in), as published to the queue.
@@ -369,16 +329,11 @@ pub fn new_request_id() -> String {
 pub fn validate_id(id: &str) -> Result<(), WireError> {
     let valid = !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
     if valid {
         Ok(())
     } else {
-        Err(WireError::bad_value(
-            "id",
-            "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-        ))
+        Err(WireError::bad_value("id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -"))
     }
 }
 
@@ -386,15 +341,11 @@ pub fn validate_id(id: &str) -> Result<(), WireError> {
 pub fn validate_bot_alias(alias: &str) -> Result<(), String> {
     let valid = !alias.is_empty()
         && alias.len() <= MAX_BOT_ALIAS_LEN
-        && alias
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        && alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "{alias:?} must be 1-64 characters of A-Z a-z 0-9 _ -"
-        ))
+        Err(format!("{alias:?} must be 1-64 characters of A-Z a-z 0-9 _ -"))
     }
 }
 
@@ -436,9 +387,7 @@ fn validate_params(
                 }
                 _ => return Err(WireError::wrong_type(&field, "a string")),
             },
-            "disable_notification" | "protect_content" | "allow_paid_broadcast"
-                if !value.is_boolean() =>
-            {
+            "disable_notification" | "protect_content" | "allow_paid_broadcast" if !value.is_boolean() => {
                 return Err(WireError::wrong_type(&field, "true or false"));
             }
             "message_thread_id" => match value.as_i64() {
@@ -471,10 +420,7 @@ fn parse_chat_id(value: &Value) -> Result<ChatId, WireError> {
         Value::Number(n) => match n.as_i64() {
             Some(0) => Err(WireError::bad_value(FIELD, "must not be 0")),
             Some(id) => Ok(ChatId::Id(id)),
-            None => Err(WireError::bad_value(
-                FIELD,
-                "must be a whole number that fits in 64 bits",
-            )),
+            None => Err(WireError::bad_value(FIELD, "must be a whole number that fits in 64 bits")),
         },
         Value::String(name) => {
             let valid = name.strip_prefix('@').is_some_and(|rest| {
@@ -491,10 +437,7 @@ fn parse_chat_id(value: &Value) -> Result<ChatId, WireError> {
                 ))
             }
         }
-        _ => Err(WireError::wrong_type(
-            FIELD,
-            "an integer or an \"@username\" string",
-        )),
+        _ => Err(WireError::wrong_type(FIELD, "an integer or an \"@username\" string")),
     }
 }
 
@@ -510,32 +453,18 @@ fn check_text(field: &str, value: &Value, min: usize, max: usize) -> Result<(), 
         ));
     }
     if min > 0 && text.trim().is_empty() {
-        return Err(WireError::bad_value(
-            field,
-            "must not be empty or only whitespace",
-        ));
+        return Err(WireError::bad_value(field, "must not be empty or only whitespace"));
     }
     Ok(())
 }
 
 fn check_reply_markup(field: &str, value: &Value) -> Result<(), WireError> {
-    const KINDS: [&str; 4] = [
-        "inline_keyboard",
-        "keyboard",
-        "remove_keyboard",
-        "force_reply",
-    ];
+    const KINDS: [&str; 4] = ["inline_keyboard", "keyboard", "remove_keyboard", "force_reply"];
     let Value::Object(markup) = value else {
-        return Err(WireError::wrong_type(
-            field,
-            "an object (Telegram's reply markup JSON)",
-        ));
+        return Err(WireError::wrong_type(field, "an object (Telegram's reply markup JSON)"));
     };
     if KINDS.iter().filter(|k| markup.contains_key(**k)).count() != 1 {
-        return Err(WireError::bad_value(
-            field,
-            format!("must hold exactly one of {}", KINDS.join(", ")),
-        ));
+        return Err(WireError::bad_value(field, format!("must hold exactly one of {}", KINDS.join(", "))));
     }
     Ok(())
 }
@@ -543,35 +472,21 @@ fn check_reply_markup(field: &str, value: &Value) -> Result<(), WireError> {
 /// A photo or document: an `https://` URL Telegram will fetch, or the file_id of a file it has.
 fn check_file(field: &str, value: &Value) -> Result<(), WireError> {
     let Value::String(file) = value else {
-        return Err(WireError::wrong_type(
-            field,
-            "a string (an https URL or a Telegram file_id)",
-        ));
+        return Err(WireError::wrong_type(field, "a string (an https URL or a Telegram file_id)"));
     };
     if file.contains("://") {
         match url::Url::parse(file) {
             Ok(url) if url.scheme() == "https" && url.host_str().is_some() => Ok(()),
-            Ok(_) => Err(WireError::bad_value(
-                field,
-                "a URL must use https and name a host",
-            )),
-            Err(e) => Err(WireError::bad_value(
-                field,
-                format!("is not a valid URL: {e}"),
-            )),
+            Ok(_) => Err(WireError::bad_value(field, "a URL must use https and name a host")),
+            Err(e) => Err(WireError::bad_value(field, format!("is not a valid URL: {e}"))),
         }
     } else if !file.is_empty()
         && file.len() <= 512
-        && file
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        && file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
     {
         Ok(())
     } else {
-        Err(WireError::bad_value(
-            field,
-            "must be an https URL or a Telegram file_id",
-        ))
+        Err(WireError::bad_value(field, "must be an https URL or a Telegram file_id"))
     }
 }
 
@@ -591,8 +506,7 @@ mod tests {
 
     #[test]
     fn a_minimal_message_gets_an_id_and_the_default_bot() {
-        let req = parse(json!({"method": "sendMessage", "params": {"chat_id": 42, "text": "hi"}}))
-            .unwrap();
+        let req = parse(json!({"method": "sendMessage", "params": {"chat_id": 42, "text": "hi"}})).unwrap();
         assert!(uuid::Uuid::parse_str(req.id()).is_ok());
         assert_eq!(req.bot(), "default");
         assert_eq!(req.chat_id(), &ChatId::Id(42));
@@ -601,10 +515,8 @@ mod tests {
 
     #[test]
     fn nulls_count_as_absent() {
-        let req = parse(
-            json!({"id": null, "method": "sendMessage", "metadata": null,
-            "params": {"chat_id": "@my_channel", "text": "hi", "parse_mode": null}}),
-        )
+        let req = parse(json!({"id": null, "method": "sendMessage", "metadata": null,
+            "params": {"chat_id": "@my_channel", "text": "hi", "parse_mode": null}}))
         .unwrap();
         assert!(!req.params().contains_key("parse_mode"));
         assert_eq!(req.chat_id(), &ChatId::Username("@my_channel".into()));
@@ -629,110 +541,37 @@ mod tests {
             (with(&["id"], json!("x".repeat(129))), InvalidValue, "id"),
             (with(&["id"], json!(5)), InvalidType, "id"),
             (with(&["bot"], json!("")), InvalidValue, "bot"),
-            (
-                with(&["method"], json!("sendSticker")),
-                InvalidValue,
-                "method",
-            ),
+            (with(&["method"], json!("sendSticker")), InvalidValue, "method"),
             (with(&["params"], json!([])), InvalidType, "params"),
-            (
-                with(&["params", "foo"], json!(1)),
-                UnknownField,
-                "params.foo",
-            ),
-            (
-                with(&["params", "caption"], json!("c")),
-                UnknownField,
-                "params.caption",
-            ),
-            (
-                with(&["params", "chat_id"], json!(1.5)),
-                InvalidValue,
-                "params.chat_id",
-            ),
-            (
-                with(&["params", "chat_id"], json!("123")),
-                InvalidValue,
-                "params.chat_id",
-            ),
-            (
-                with(&["params", "chat_id"], json!(true)),
-                InvalidType,
-                "params.chat_id",
-            ),
-            (
-                with(&["params", "text"], json!("")),
-                InvalidValue,
-                "params.text",
-            ),
-            (
-                with(&["params", "text"], json!("  \n")),
-                InvalidValue,
-                "params.text",
-            ),
-            (
-                with(&["params", "text"], json!("é".repeat(4097))),
-                InvalidValue,
-                "params.text",
-            ),
-            (
-                with(&["params", "text"], json!(7)),
-                InvalidType,
-                "params.text",
-            ),
-            (
-                with(&["params", "parse_mode"], json!("html")),
-                InvalidValue,
-                "params.parse_mode",
-            ),
-            (
-                with(&["params", "protect_content"], json!("yes")),
-                InvalidType,
-                "params.protect_content",
-            ),
-            (
-                with(&["params", "message_thread_id"], json!(0)),
-                InvalidValue,
-                "params.message_thread_id",
-            ),
-            (
-                with(&["params", "reply_markup"], json!({})),
-                InvalidValue,
-                "params.reply_markup",
-            ),
+            (with(&["params", "foo"], json!(1)), UnknownField, "params.foo"),
+            (with(&["params", "caption"], json!("c")), UnknownField, "params.caption"),
+            (with(&["params", "chat_id"], json!(1.5)), InvalidValue, "params.chat_id"),
+            (with(&["params", "chat_id"], json!("123")), InvalidValue, "params.chat_id"),
+            (with(&["params", "chat_id"], json!(true)), InvalidType, "params.chat_id"),
+            (with(&["params", "text"], json!("")), InvalidValue, "params.text"),
+            (with(&["params", "text"], json!("  \n")), InvalidValue, "params.text"),
+            (with(&["params", "text"], json!("é".repeat(4097))), InvalidValue, "params.text"),
+            (with(&["params", "text"], json!(7)), InvalidType, "params.text"),
+            (with(&["params", "parse_mode"], json!("html")), InvalidValue, "params.parse_mode"),
+            (with(&["params", "protect_content"], json!("yes")), InvalidType, "params.protect_content"),
+            (with(&["params", "message_thread_id"], json!(0)), InvalidValue, "params.message_thread_id"),
+            (with(&["params", "reply_markup"], json!({})), InvalidValue, "params.reply_markup"),
             (
                 with(&["params", "link_preview_options"], json!(true)),
                 InvalidType,
                 "params.link_preview_options",
             ),
-            (
-                with(&["metadata"], json!({"k": "v".repeat(5000)})),
-                InvalidValue,
-                "metadata",
-            ),
+            (with(&["metadata"], json!({"k": "v".repeat(5000)})), InvalidValue, "metadata"),
             (with(&["metadata"], json!("x")), InvalidType, "metadata"),
             (with(&["version"], json!(2)), InvalidValue, "version"),
         ];
         for (doc, code, field) in cases {
-            assert_eq!(
-                field_of(doc.clone()),
-                (code, Some(field.to_string())),
-                "{doc}"
-            );
+            assert_eq!(field_of(doc.clone()), (code, Some(field.to_string())), "{doc}");
         }
         let mut missing_text = base();
-        missing_text["params"]
-            .as_object_mut()
-            .unwrap()
-            .remove("text");
-        assert_eq!(
-            field_of(missing_text),
-            (MissingField, Some("params.text".into()))
-        );
-        assert_eq!(
-            field_of(json!({"params": {}})),
-            (MissingField, Some("method".into()))
-        );
+        missing_text["params"].as_object_mut().unwrap().remove("text");
+        assert_eq!(field_of(missing_text), (MissingField, Some("params.text".into())));
+        assert_eq!(field_of(json!({"params": {}})), (MissingField, Some("method".into())));
         assert_eq!(field_of(json!([1])), (InvalidType, None));
         let err = SendRequest::from_json(b"{not json").unwrap_err();
         assert_eq!((err.code, err.field), (InvalidJson, None));
@@ -741,36 +580,21 @@ mod tests {
     #[test]
     fn photos_and_documents_take_https_urls_or_file_ids() {
         let photo = |p: &str| {
-            parse(
-                json!({"method": "sendPhoto", "params": {"chat_id": -100123, "photo": p, "caption": "c"}}),
-            )
+            parse(json!({"method": "sendPhoto", "params": {"chat_id": -100123, "photo": p, "caption": "c"}}))
         };
         assert!(photo("https://example.com/a.png").is_ok());
         assert!(photo("AgACAgIAAxkBAAIBZ2Y-file_id_1").is_ok());
-        assert_eq!(
-            photo("http://example.com/a.png")
-                .unwrap_err()
-                .field
-                .as_deref(),
-            Some("params.photo")
-        );
-        assert_eq!(
-            photo("not a file id").unwrap_err().field.as_deref(),
-            Some("params.photo")
-        );
+        assert_eq!(photo("http://example.com/a.png").unwrap_err().field.as_deref(), Some("params.photo"));
+        assert_eq!(photo("not a file id").unwrap_err().field.as_deref(), Some("params.photo"));
         let doc = json!({"method": "sendDocument", "params": {"chat_id": 5, "document": "https://x.org/a.pdf",
             "caption": "c".repeat(1025)}});
-        assert_eq!(
-            parse(doc).unwrap_err().field.as_deref(),
-            Some("params.caption")
-        );
+        assert_eq!(parse(doc).unwrap_err().field.as_deref(), Some("params.caption"));
     }
 
     #[test]
     fn migrating_rewrites_the_chat_id_everywhere() {
         let mut req =
-            parse(json!({"method": "sendMessage", "params": {"chat_id": -5, "text": "x"}}))
-                .unwrap();
+            parse(json!({"method": "sendMessage", "params": {"chat_id": -5, "text": "x"}})).unwrap();
         req.migrate_to(-1001234567890123);
         assert_eq!(req.chat_id(), &ChatId::Id(-1001234567890123));
         let params: Value = serde_json::from_slice(&req.params_json()).unwrap();

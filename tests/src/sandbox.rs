@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -43,6 +43,54 @@ pub struct SandboxConfig {
     pub tokens: Option<Vec<String>>,
     /// Delay before every Bot API answer (Telegram's own latency).
     pub latency: Duration,
+    /// Telegram's limits, enforced per bot with 429 and `retry_after`; `None` enforces nothing.
+    pub limits: Option<SandboxLimits>,
+}
+
+/// The limits the sandbox enforces, per bot token, by counting accepted sends in sliding windows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SandboxLimits {
+    pub global_per_sec: u32,
+    pub chat_per_sec: u32,
+    pub group_per_min: u32,
+    pub paid_per_sec: u32,
+    /// Arrival jitter forgiven, in milliseconds: windows are this much shorter than nominal, so a
+    /// sender pacing exactly at the limit is not punished for network jitter.
+    pub jitter_ms: u64,
+}
+
+impl SandboxLimits {
+    /// Telegram's published limits.
+    pub fn telegram() -> Self {
+        Self { global_per_sec: 30, chat_per_sec: 1, group_per_min: 20, paid_per_sec: 1000, jitter_ms: 50 }
+    }
+}
+
+/// Faults injected into Bot API answers (`PUT /sandbox/faults`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Fraction of calls answered 500 Internal Server Error.
+    pub error_rate: f64,
+    /// Fraction of calls answered 502 with an HTML page (not Bot API JSON).
+    pub non_json_rate: f64,
+    /// Fraction of calls that hang for `hang_ms` before answering.
+    pub hang_rate: f64,
+    pub hang_ms: u64,
+    /// The next N calls fail with `fail_next_kind` (deterministic, for tests).
+    pub fail_next: u32,
+    pub fail_next_kind: FaultKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    #[default]
+    Error500,
+    NonJson,
+    Hang,
+    /// A 429 with `retry_after: 1` regardless of the limits.
+    TooManyRequests,
 }
 
 /// One message the sandbox accepted.
@@ -66,10 +114,51 @@ struct Counters {
     requests: AtomicU64,
     accepted: AtomicU64,
     errors: AtomicU64,
+    rate_limited: AtomicU64,
+    injected: AtomicU64,
+}
+
+/// Sliding-window arrival logs, per (bot, window kind, key).
+#[derive(Default)]
+struct Windows {
+    logs: HashMap<(String, &'static str, String), std::collections::VecDeque<Instant>>,
+}
+
+impl Windows {
+    /// Whether one more arrival fits `limit` per `window`; if so it is recorded. Otherwise returns
+    /// the wait until it would fit.
+    fn admit(
+        &mut self,
+        key: (String, &'static str, String),
+        limit: u32,
+        window: Duration,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let log = self.logs.entry(key).or_default();
+        while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            log.pop_front();
+        }
+        if log.len() as u32 >= limit.max(1) {
+            let oldest = log.front().copied().unwrap_or(now);
+            return Err(window.saturating_sub(now.duration_since(oldest)));
+        }
+        log.push_back(now);
+        Ok(())
+    }
+
+    fn forget_last(&mut self, key: &(String, &'static str, String)) {
+        if let Some(log) = self.logs.get_mut(key) {
+            log.pop_back();
+        }
+    }
 }
 
 struct SandboxState {
     config: SandboxConfig,
+    faults: Mutex<Faults>,
+    windows: Mutex<Windows>,
+    /// Accept times of every send, ms since the epoch, per bot id.
+    accepted_at: Mutex<Vec<u64>>,
     chats: Mutex<HashMap<String, ChatBehaviour>>,
     received: Mutex<Vec<Received>>,
     next_message_id: Mutex<HashMap<(String, String), i64>>,
@@ -95,6 +184,9 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let state = Arc::new(SandboxState {
             config,
+            faults: Mutex::default(),
+            windows: Mutex::default(),
+            accepted_at: Mutex::default(),
             chats: Mutex::default(),
             received: Mutex::default(),
             next_message_id: Mutex::default(),
@@ -104,8 +196,8 @@ impl Sandbox {
         let app = router(Arc::clone(&state));
         let stopped = stop.clone();
         tokio::spawn(async move {
-            let serving = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await });
+            let serving =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await });
             if let Err(error) = serving.await {
                 tracing::error!(%error, "sandbox server failed");
             }
@@ -129,11 +221,7 @@ impl Sandbox {
 
     /// Messages accepted for one chat, in arrival order.
     pub fn received_for(&self, chat_id: &str) -> Vec<Received> {
-        lock(&self.state.received)
-            .iter()
-            .filter(|m| m.chat_id == chat_id)
-            .cloned()
-            .collect()
+        lock(&self.state.received).iter().filter(|m| m.chat_id == chat_id).cloned().collect()
     }
 
     /// Makes `chat_id` answer with `behaviour` (or normally, with `None`).
@@ -150,6 +238,21 @@ impl Sandbox {
         self.state.counters.requests.load(Ordering::Relaxed)
     }
 
+    /// 429s answered so far.
+    pub fn rate_limited_count(&self) -> u64 {
+        self.state.counters.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.state.faults) = faults;
+    }
+
+    /// The counters and the per-second histogram served at `GET /sandbox/stats`.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
     pub fn stop(&self) {
         self.stop.cancel();
     }
@@ -161,20 +264,66 @@ impl Drop for Sandbox {
     }
 }
 
+impl SandboxState {
+    /// Draws the fault for this call, if any.
+    fn next_fault(&self) -> Option<(FaultKind, Duration)> {
+        let mut faults = lock(&self.faults);
+        let hang = Duration::from_millis(faults.hang_ms.max(1));
+        if faults.fail_next > 0 {
+            faults.fail_next -= 1;
+            return Some((faults.fail_next_kind, hang));
+        }
+        let roll = fastrand::f64();
+        if roll < faults.error_rate {
+            Some((FaultKind::Error500, hang))
+        } else if roll < faults.error_rate + faults.non_json_rate {
+            Some((FaultKind::NonJson, hang))
+        } else if roll < faults.error_rate + faults.non_json_rate + faults.hang_rate {
+            Some((FaultKind::Hang, hang))
+        } else {
+            None
+        }
+    }
+
+    /// Enforces the limits for one send; `Err` holds the `retry_after` of the 429 to answer.
+    fn admit(&self, bot_id: &str, chat: &str, paid: bool) -> Result<(), u64> {
+        let Some(limits) = self.config.limits else { return Ok(()) };
+        let jitter = Duration::from_millis(limits.jitter_ms);
+        let second = Duration::from_secs(1).saturating_sub(jitter);
+        let minute = Duration::from_secs(60).saturating_sub(jitter);
+        let group = chat.starts_with('-') || chat.starts_with('@');
+        let now = Instant::now();
+        let mut windows = lock(&self.windows);
+        let chat_key = (bot_id.to_string(), if group { "group" } else { "chat" }, chat.to_string());
+        let chat_check = if group {
+            windows.admit(chat_key.clone(), limits.group_per_min, minute, now)
+        } else {
+            windows.admit(chat_key.clone(), limits.chat_per_sec, second, now)
+        };
+        let result = chat_check.and_then(|()| {
+            let (kind, limit) =
+                if paid { ("paid", limits.paid_per_sec) } else { ("global", limits.global_per_sec) };
+            windows.admit((bot_id.to_string(), kind, String::new()), limit, second, now).inspect_err(|_| {
+                windows.forget_last(&chat_key);
+            })
+        });
+        result.map_err(|wait| {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn router(state: Arc<SandboxState>) -> Router {
     Router::new()
         .route("/sandbox/messages", get(list_messages))
         .route("/sandbox/stats", get(stats))
-        .route(
-            "/sandbox/chats/{chat_id}",
-            put(put_chat).delete(delete_chat),
-        )
+        .route("/sandbox/faults", put(put_faults))
+        .route("/sandbox/chats/{chat_id}", put(put_chat).delete(delete_chat))
         .route("/{bot_token}/{method}", get(bot_method).post(bot_method))
         .with_state(state)
 }
@@ -189,20 +338,66 @@ async fn list_messages(
     Query(query): Query<MessagesQuery>,
 ) -> Json<Value> {
     let received = lock(&state.received);
-    let messages: Vec<&Received> = received
-        .iter()
-        .filter(|m| query.chat_id.as_ref().is_none_or(|c| &m.chat_id == c))
-        .collect();
+    let messages: Vec<&Received> =
+        received.iter().filter(|m| query.chat_id.as_ref().is_none_or(|c| &m.chat_id == c)).collect();
     Json(json!({"messages": messages}))
 }
 
-async fn stats(State(state): State<Arc<SandboxState>>) -> Json<Value> {
-    let c = &state.counters;
-    Json(json!({
-        "requests": c.requests.load(Ordering::Relaxed),
-        "accepted": c.accepted.load(Ordering::Relaxed),
-        "errors": c.errors.load(Ordering::Relaxed),
-    }))
+/// What the sandbox saw: counters, accepted sends per second, and the most accepted in any
+/// sliding one-second window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub requests: u64,
+    pub accepted: u64,
+    pub errors: u64,
+    pub rate_limited: u64,
+    pub injected_faults: u64,
+    /// Unix second → sends accepted in it.
+    pub per_second: std::collections::BTreeMap<u64, u64>,
+    pub max_in_any_1s_window: u64,
+    /// First and last accept, ms since the epoch.
+    pub first_accept_ms: Option<u64>,
+    pub last_accept_ms: Option<u64>,
+}
+
+impl SandboxState {
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let mut times = lock(&self.accepted_at).clone();
+        times.sort_unstable();
+        let mut per_second = std::collections::BTreeMap::new();
+        for t in &times {
+            *per_second.entry(t / 1000).or_insert(0) += 1;
+        }
+        let mut max = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end] - times[start] >= 1000 {
+                start += 1;
+            }
+            max = max.max(end - start + 1);
+        }
+        Stats {
+            requests: c.requests.load(Ordering::Relaxed),
+            accepted: c.accepted.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            injected_faults: c.injected.load(Ordering::Relaxed),
+            per_second,
+            max_in_any_1s_window: max as u64,
+            first_accept_ms: times.first().copied(),
+            last_accept_ms: times.last().copied(),
+        }
+    }
+}
+
+async fn stats(State(state): State<Arc<SandboxState>>) -> Json<Stats> {
+    Json(state.stats())
+}
+
+async fn put_faults(State(state): State<Arc<SandboxState>>, Json(faults): Json<Faults>) -> StatusCode {
+    *lock(&state.faults) = faults;
+    StatusCode::NO_CONTENT
 }
 
 async fn put_chat(
@@ -214,10 +409,7 @@ async fn put_chat(
     StatusCode::NO_CONTENT
 }
 
-async fn delete_chat(
-    State(state): State<Arc<SandboxState>>,
-    Path(chat_id): Path<String>,
-) -> StatusCode {
+async fn delete_chat(State(state): State<Arc<SandboxState>>, Path(chat_id): Path<String>) -> StatusCode {
     lock(&state.chats).remove(&chat_id);
     StatusCode::NO_CONTENT
 }
@@ -241,6 +433,27 @@ async fn bot_method(
     if !state.config.latency.is_zero() {
         tokio::time::sleep(state.config.latency).await;
     }
+    if let Some((kind, hang)) = state.next_fault() {
+        state.counters.injected.fetch_add(1, Ordering::Relaxed);
+        state.counters.errors.fetch_add(1, Ordering::Relaxed);
+        return match kind {
+            FaultKind::Error500 => telegram_error(500, "Internal Server Error", None),
+            FaultKind::NonJson => (
+                StatusCode::BAD_GATEWAY,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body><h1>502 Bad Gateway</h1></body></html>",
+            )
+                .into_response(),
+            FaultKind::TooManyRequests => {
+                state.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                telegram_error(429, "Too Many Requests: retry after 1", Some(json!({"retry_after": 1})))
+            }
+            FaultKind::Hang => {
+                tokio::time::sleep(hang).await;
+                telegram_error(500, "Internal Server Error", None)
+            }
+        };
+    }
     let response = answer(&state, &bot_token, &method, request).await;
     if response.status() != StatusCode::OK {
         state.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -252,17 +465,13 @@ async fn answer(state: &SandboxState, bot_token: &str, method: &str, request: Re
     let Some(token) = bot_token.strip_prefix("bot") else {
         return telegram_error(404, "Not Found", None);
     };
-    let Some((bot_id, _secret)) = token.split_once(':').filter(|(id, s)| {
-        !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) && !s.is_empty()
-    }) else {
+    let Some((bot_id, _secret)) = token
+        .split_once(':')
+        .filter(|(id, s)| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) && !s.is_empty())
+    else {
         return telegram_error(401, "Unauthorized", None);
     };
-    if state
-        .config
-        .tokens
-        .as_ref()
-        .is_some_and(|tokens| !tokens.iter().any(|t| t == token))
-    {
+    if state.config.tokens.as_ref().is_some_and(|tokens| !tokens.iter().any(|t| t == token)) {
         return telegram_error(401, "Unauthorized", None);
     }
     let params = match read_params(request).await {
@@ -326,13 +535,7 @@ async fn read_params(request: Request) -> Result<Map<String, Value>, Response> {
     } else {
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(map)) => params.extend(map),
-            _ => {
-                return Err(telegram_error(
-                    400,
-                    "Bad Request: can't parse JSON object",
-                    None,
-                ))
-            }
+            _ => return Err(telegram_error(400, "Bad Request: can't parse JSON object", None)),
         }
     }
     Ok(params)
@@ -369,9 +572,7 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
     };
     if let Some(behaviour) = lock(&state.chats).get(&chat).cloned() {
         return match behaviour {
-            ChatBehaviour::Blocked => {
-                telegram_error(403, "Forbidden: bot was blocked by the user", None)
-            }
+            ChatBehaviour::Blocked => telegram_error(403, "Forbidden: bot was blocked by the user", None),
             ChatBehaviour::NotFound => telegram_error(400, "Bad Request: chat not found", None),
             ChatBehaviour::Migrate { migrate_to_chat_id } => telegram_error(
                 400,
@@ -382,17 +583,10 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
     }
     if let Some(mode) = params.get("parse_mode").and_then(Value::as_str) {
         if !["HTML", "MarkdownV2", "Markdown"].contains(&mode) {
-            return telegram_error(
-                400,
-                &format!("Bad Request: unsupported parse_mode \"{mode}\""),
-                None,
-            );
+            return telegram_error(400, &format!("Bad Request: unsupported parse_mode \"{mode}\""), None);
         }
     }
-    let text = params
-        .get("text")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let text = params.get("text").and_then(Value::as_str).map(str::to_string);
     match method {
         "sendMessage" => match &text {
             None => return telegram_error(400, "Bad Request: message text is empty", None),
@@ -405,11 +599,7 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
             Some(_) => {}
         },
         "sendPhoto" | "sendDocument" => {
-            let field = if method == "sendPhoto" {
-                "photo"
-            } else {
-                "document"
-            };
+            let field = if method == "sendPhoto" { "photo" } else { "document" };
             if !params.contains_key(field) {
                 return telegram_error(
                     400,
@@ -417,15 +607,21 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
                     None,
                 );
             }
-            let caption_len = params
-                .get("caption")
-                .and_then(Value::as_str)
-                .map_or(0, |c| c.encode_utf16().count());
+            let caption_len =
+                params.get("caption").and_then(Value::as_str).map_or(0, |c| c.encode_utf16().count());
             if caption_len > 1024 {
                 return telegram_error(400, "Bad Request: message caption is too long", None);
             }
         }
         _ => {}
+    }
+    let paid = params.get("allow_paid_broadcast") == Some(&Value::Bool(true));
+    if let Err(retry_after) = state.admit(bot_id, &chat, paid) {
+        return telegram_error(
+            429,
+            &format!("Too Many Requests: retry after {retry_after}"),
+            Some(json!({"retry_after": retry_after})),
+        );
     }
     let message_id = {
         let mut ids = lock(&state.next_message_id);
@@ -433,9 +629,7 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
         *next += 1;
         *next
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let chat_json = chat_object(&chat);
     let mut result = json!({"message_id": message_id, "date": now.as_secs(), "chat": chat_json,
         "from": {"id": bot_id.parse::<i64>().unwrap_or(0), "is_bot": true, "first_name": "Sandbox Bot"}});
@@ -460,6 +654,7 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
         received_at_ms: now.as_millis() as u64,
     });
     state.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    lock(&state.accepted_at).push(now.as_millis() as u64);
     Json(json!({"ok": true, "result": result})).into_response()
 }
 

@@ -27,6 +27,8 @@ pub enum ErrorClass {
     BadToken,
     /// The request could not even be read (not v1 JSON, unknown bot alias).
     InvalidRequest,
+    /// Handling the request crashed the handler.
+    Poison,
 }
 
 impl ErrorClass {
@@ -38,6 +40,7 @@ impl ErrorClass {
             ErrorClass::BadContent => "bad_content",
             ErrorClass::BadToken => "bad_token",
             ErrorClass::InvalidRequest => "invalid_request",
+            ErrorClass::Poison => "poison",
         }
     }
 }
@@ -53,11 +56,7 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: Option<u16>, description: impl Into<String>, class: ErrorClass) -> Self {
-        Self {
-            code,
-            description: description.into(),
-            class,
-        }
+        Self { code, description: description.into(), class }
     }
 
     /// A short reason for logs and the `x-tg-error` header: `403 Forbidden: bot was blocked …`.
@@ -90,16 +89,8 @@ pub enum Outcome {
 pub fn classify(answer: &RawAnswer) -> Outcome {
     match answer {
         RawAnswer::Transport { message, timed_out } => {
-            let what = if *timed_out {
-                "timed out"
-            } else {
-                "connection failed"
-            };
-            Outcome::Retry(Failure::new(
-                None,
-                format!("{what}: {message}"),
-                ErrorClass::Transient,
-            ))
+            let what = if *timed_out { "timed out" } else { "connection failed" };
+            Outcome::Retry(Failure::new(None, format!("{what}: {message}"), ErrorClass::Transient))
         }
         RawAnswer::NotJson { status, snippet } => Outcome::Retry(Failure::new(
             Some(*status),
@@ -107,18 +98,11 @@ pub fn classify(answer: &RawAnswer) -> Outcome {
             ErrorClass::Transient,
         )),
         RawAnswer::Json { body, .. } if body.ok => Outcome::Delivered {
-            message_id: body
-                .result
-                .as_ref()
-                .and_then(|r| r.get("message_id"))
-                .and_then(|m| m.as_i64()),
+            message_id: body.result.as_ref().and_then(|r| r.get("message_id")).and_then(|m| m.as_i64()),
         },
         RawAnswer::Json { status, body } => {
             let code = body.error_code.unwrap_or(*status);
-            let description = body
-                .description
-                .clone()
-                .unwrap_or_else(|| "no description".to_string());
+            let description = body.description.clone().unwrap_or_else(|| "no description".to_string());
             let params = body.parameters.as_ref();
             if let Some(to) = params.and_then(|p| p.migrate_to_chat_id) {
                 return Outcome::Migrated {
@@ -207,45 +191,23 @@ mod tests {
             status: 200,
             body: serde_json::from_str(r#"{"ok":true,"result":{"message_id":7}}"#).unwrap(),
         };
-        assert_eq!(
-            classify(&answer),
-            Outcome::Delivered {
-                message_id: Some(7)
-            }
-        );
+        assert_eq!(classify(&answer), Outcome::Delivered { message_id: Some(7) });
     }
 
     #[test]
     fn flood_waits_for_retry_after() {
-        let params = ResponseParameters {
-            retry_after: Some(8),
-            migrate_to_chat_id: None,
-        };
-        let outcome = classify(&error(
-            429,
-            "Too Many Requests: retry after 8",
-            Some(params),
-        ));
-        assert!(
-            matches!(outcome, Outcome::RetryAfter { after, .. } if after == Duration::from_secs(8))
-        );
+        let params = ResponseParameters { retry_after: Some(8), migrate_to_chat_id: None };
+        let outcome = classify(&error(429, "Too Many Requests: retry after 8", Some(params)));
+        assert!(matches!(outcome, Outcome::RetryAfter { after, .. } if after == Duration::from_secs(8)));
         let outcome = classify(&error(429, "Too Many Requests", None));
-        assert!(
-            matches!(outcome, Outcome::RetryAfter { after, .. } if after == DEFAULT_RETRY_AFTER)
-        );
+        assert!(matches!(outcome, Outcome::RetryAfter { after, .. } if after == DEFAULT_RETRY_AFTER));
     }
 
     #[test]
     fn migration_carries_the_new_chat_id() {
-        let params = ResponseParameters {
-            retry_after: None,
-            migrate_to_chat_id: Some(-1001234),
-        };
-        let outcome = classify(&error(
-            400,
-            "Bad Request: group chat was upgraded to a supergroup chat",
-            Some(params),
-        ));
+        let params = ResponseParameters { retry_after: None, migrate_to_chat_id: Some(-1001234) };
+        let outcome =
+            classify(&error(400, "Bad Request: group chat was upgraded to a supergroup chat", Some(params)));
         assert!(matches!(outcome, Outcome::Migrated { to: -1001234, .. }));
     }
 
@@ -255,24 +217,12 @@ mod tests {
         let cases = [
             (403, "Forbidden: bot was blocked by the user", RecipientGone),
             (403, "Forbidden: user is deactivated", RecipientGone),
-            (
-                403,
-                "Forbidden: bot can't initiate conversation with a user",
-                RecipientGone,
-            ),
+            (403, "Forbidden: bot can't initiate conversation with a user", RecipientGone),
             (400, "Bad Request: chat not found", RecipientGone),
             (400, "Bad Request: group is deactivated", RecipientGone),
             (400, "Bad Request: message is too long", BadContent),
-            (
-                400,
-                "Bad Request: can't parse entities: unsupported start tag",
-                BadContent,
-            ),
-            (
-                400,
-                "Bad Request: wrong file identifier/HTTP URL specified",
-                BadContent,
-            ),
+            (400, "Bad Request: can't parse entities: unsupported start tag", BadContent),
+            (400, "Bad Request: wrong file identifier/HTTP URL specified", BadContent),
             (401, "Unauthorized", BadToken),
             (404, "Not Found", BadToken),
             (500, "Internal Server Error", Transient),
@@ -293,17 +243,9 @@ mod tests {
 
     #[test]
     fn answers_that_are_not_telegrams_are_transient() {
-        let gateway = RawAnswer::NotJson {
-            status: 502,
-            snippet: "<html>".into(),
-        };
+        let gateway = RawAnswer::NotJson { status: 502, snippet: "<html>".into() };
         assert_eq!(class(&classify(&gateway)), Some(ErrorClass::Transient));
-        let timeout = RawAnswer::Transport {
-            message: "operation timed out".into(),
-            timed_out: true,
-        };
-        assert!(
-            matches!(classify(&timeout), Outcome::Retry(f) if f.description.starts_with("timed out"))
-        );
+        let timeout = RawAnswer::Transport { message: "operation timed out".into(), timed_out: true };
+        assert!(matches!(classify(&timeout), Outcome::Retry(f) if f.description.starts_with("timed out")));
     }
 }

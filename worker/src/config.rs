@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shared::config::{AmqpSettings, ConfigError, EnvSource, LogFormat, Secret};
+
+use crate::pacing::Limits;
 use shared::wire::{validate_bot_alias, DEFAULT_BOT};
 use url::Url;
 
@@ -14,6 +16,15 @@ pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 pub const DEFAULT_PREFETCH: u16 = 256;
 /// Time allowed for a graceful stop before closing anyway (`SHUTDOWN_TIMEOUT_SECS`).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Failed attempts (transient errors) before a request is dead-lettered (`RETRY_MAX_ATTEMPTS`).
+pub const DEFAULT_RETRY_MAX_ATTEMPTS: u32 = 8;
+/// Age after which a request that keeps failing is dead-lettered (`RETRY_MAX_AGE_SECS`).
+pub const DEFAULT_RETRY_MAX_AGE: Duration = Duration::from_secs(86_400);
+/// Longest wait a delivery is held in memory for pacing; longer waits park it in a delay queue
+/// (`RATE_MAX_HOLD_SECS`). Far below RabbitMQ's 30-minute consumer timeout.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(10);
+/// Timeout of one Bot API call (`TELEGRAM_TIMEOUT_SECS`).
+pub const DEFAULT_TELEGRAM_TIMEOUT: Duration = Duration::from_secs(17);
 
 /// Everything `tg-worker` needs to run.
 #[derive(Debug, Clone)]
@@ -26,6 +37,12 @@ pub struct WorkerConfig {
     /// Broker prefetch, also the bound on concurrent work (`WORKER_PREFETCH`).
     pub prefetch: u16,
     pub shutdown_timeout: Duration,
+    /// Telegram's limits, per bot (`RATE_*`).
+    pub limits: Limits,
+    pub retry_max_attempts: u32,
+    pub retry_max_age: Duration,
+    pub max_hold: Duration,
+    pub telegram_timeout: Duration,
     pub log_format: LogFormat,
     /// How this instance names itself in logs and in its broker connections (`WORKER_NAME`,
     /// default the host name).
@@ -49,10 +66,7 @@ impl WorkerConfig {
                 let alias = alias.trim();
                 validate_bot_alias(alias).map_err(|m| bad(format!("alias {m}")))?;
                 validate_token(token.trim()).map_err(|m| bad(format!("bot {alias:?}: {m}")))?;
-                if bots
-                    .insert(alias.to_string(), Secret::new(token.trim().to_string()))
-                    .is_some()
-                {
+                if bots.insert(alias.to_string(), Secret::new(token.trim().to_string())).is_some() {
                     return Err(bad(format!("bot {alias:?} is configured twice")));
                 }
             }
@@ -63,18 +77,34 @@ impl WorkerConfig {
                 "no bot configured: set TELEGRAM_BOT_TOKEN and/or TELEGRAM_BOTS",
             ));
         }
-        let api = env
-            .non_empty("TELEGRAM_API_URL")
-            .unwrap_or_else(|| DEFAULT_TELEGRAM_API_URL.to_string());
+        let api = env.non_empty("TELEGRAM_API_URL").unwrap_or_else(|| DEFAULT_TELEGRAM_API_URL.to_string());
         let telegram_api_url = Url::parse(&api)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| {
-                ConfigError::new("TELEGRAM_API_URL", format!("{api:?} is not an http(s) URL"))
-            })?;
+            .ok_or_else(|| ConfigError::new("TELEGRAM_API_URL", format!("{api:?} is not an http(s) URL")))?;
         let prefetch = env.parse_or("WORKER_PREFETCH", DEFAULT_PREFETCH)?;
         if prefetch == 0 {
             return Err(ConfigError::new("WORKER_PREFETCH", "must be at least 1"));
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            global_per_sec: rate(env, "RATE_GLOBAL_PER_SEC", defaults.global_per_sec)?,
+            chat_per_sec: rate(env, "RATE_CHAT_PER_SEC", defaults.chat_per_sec)?,
+            chat_burst: env.parse_or("RATE_CHAT_BURST", defaults.chat_burst)?.max(1),
+            group_per_min: rate(env, "RATE_GROUP_PER_MIN", defaults.group_per_min)?,
+            paid_per_sec: rate(env, "RATE_PAID_PER_SEC", defaults.paid_per_sec)?,
+        };
+        let retry_max_attempts = env.parse_or("RETRY_MAX_ATTEMPTS", DEFAULT_RETRY_MAX_ATTEMPTS)?;
+        if retry_max_attempts == 0 {
+            return Err(ConfigError::new("RETRY_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        let max_hold = env.secs_or("RATE_MAX_HOLD_SECS", DEFAULT_MAX_HOLD)?;
+        if max_hold.is_zero() || max_hold > Duration::from_secs(600) {
+            return Err(ConfigError::new("RATE_MAX_HOLD_SECS", "must be between 1 and 600"));
+        }
+        let telegram_timeout = env.secs_or("TELEGRAM_TIMEOUT_SECS", DEFAULT_TELEGRAM_TIMEOUT)?;
+        if telegram_timeout.is_zero() {
+            return Err(ConfigError::new("TELEGRAM_TIMEOUT_SECS", "must be at least 1"));
         }
         Ok(Self {
             amqp,
@@ -82,9 +112,24 @@ impl WorkerConfig {
             telegram_api_url,
             prefetch,
             shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
+            limits,
+            retry_max_attempts,
+            retry_max_age: env.secs_or("RETRY_MAX_AGE_SECS", DEFAULT_RETRY_MAX_AGE)?,
+            max_hold,
+            telegram_timeout,
             log_format: LogFormat::from_env(env)?,
             instance: env.non_empty("WORKER_NAME").unwrap_or_else(hostname),
         })
+    }
+}
+
+/// A positive, finite rate.
+fn rate(env: &impl EnvSource, var: &'static str, default: f64) -> Result<f64, ConfigError> {
+    let value: f64 = env.parse_or(var, default)?;
+    if value > 0.0 && value.is_finite() {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(var, "must be a positive number"))
     }
 }
 
@@ -94,9 +139,7 @@ fn validate_token(token: &str) -> Result<(), String> {
         !id.is_empty()
             && id.chars().all(|c| c.is_ascii_digit())
             && !secret.is_empty()
-            && secret
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            && secret.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
     });
     if valid {
         Ok(())
@@ -109,11 +152,7 @@ fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_string())
 }
@@ -125,44 +164,26 @@ mod tests {
 
     #[test]
     fn reads_bots_and_defaults() {
-        let env: HashMap<&str, &str> = [
-            ("TELEGRAM_BOT_TOKEN", "123:abc_DEF-1"),
-            ("TELEGRAM_BOTS", "news=456:xyz, alerts=789:q"),
-        ]
-        .into();
+        let env: HashMap<&str, &str> =
+            [("TELEGRAM_BOT_TOKEN", "123:abc_DEF-1"), ("TELEGRAM_BOTS", "news=456:xyz, alerts=789:q")].into();
         let config = WorkerConfig::from_env(&env).unwrap();
-        assert_eq!(
-            config.bots.keys().collect::<Vec<_>>(),
-            ["alerts", "default", "news"]
-        );
+        assert_eq!(config.bots.keys().collect::<Vec<_>>(), ["alerts", "default", "news"]);
         assert_eq!(config.prefetch, 256);
-        assert_eq!(
-            config.telegram_api_url.as_str(),
-            "https://api.telegram.org/"
-        );
+        assert_eq!(config.telegram_api_url.as_str(), "https://api.telegram.org/");
     }
 
     #[test]
     fn refuses_bad_values_naming_the_variable_but_never_the_token() {
-        let cases: [(&[(&str, &str)], &str); 6] = [
+        let cases: [(&[(&str, &str)], &str); 9] = [
+            (&[("TELEGRAM_BOT_TOKEN", "1:x"), ("RATE_GLOBAL_PER_SEC", "0")], "RATE_GLOBAL_PER_SEC"),
+            (&[("TELEGRAM_BOT_TOKEN", "1:x"), ("RETRY_MAX_ATTEMPTS", "0")], "RETRY_MAX_ATTEMPTS"),
+            (&[("TELEGRAM_BOT_TOKEN", "1:x"), ("RATE_MAX_HOLD_SECS", "9999")], "RATE_MAX_HOLD_SECS"),
             (&[], "TELEGRAM_BOT_TOKEN"),
-            (
-                &[("TELEGRAM_BOT_TOKEN", "sekrit-no-colon")],
-                "TELEGRAM_BOT_TOKEN",
-            ),
+            (&[("TELEGRAM_BOT_TOKEN", "sekrit-no-colon")], "TELEGRAM_BOT_TOKEN"),
             (&[("TELEGRAM_BOTS", "news:456:sekrit")], "TELEGRAM_BOTS"),
             (&[("TELEGRAM_BOTS", "a=1:x,a=2:y")], "TELEGRAM_BOTS"),
-            (
-                &[("TELEGRAM_BOT_TOKEN", "1:x"), ("WORKER_PREFETCH", "0")],
-                "WORKER_PREFETCH",
-            ),
-            (
-                &[
-                    ("TELEGRAM_BOT_TOKEN", "1:x"),
-                    ("TELEGRAM_API_URL", "ftp://x"),
-                ],
-                "TELEGRAM_API_URL",
-            ),
+            (&[("TELEGRAM_BOT_TOKEN", "1:x"), ("WORKER_PREFETCH", "0")], "WORKER_PREFETCH"),
+            (&[("TELEGRAM_BOT_TOKEN", "1:x"), ("TELEGRAM_API_URL", "ftp://x")], "TELEGRAM_API_URL"),
         ];
         for (vars, var) in cases {
             let env: HashMap<&str, &str> = vars.iter().copied().collect();

@@ -10,11 +10,13 @@
 pub mod classify;
 pub mod config;
 pub mod lanes;
+pub mod pacing;
 mod process;
 pub mod telegram;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -28,8 +30,10 @@ use tokio_util::task::TaskTracker;
 
 pub use config::WorkerConfig;
 
+use crate::classify::{classify, Outcome};
 use crate::lanes::Lanes;
-use crate::process::{Job, LaneKey};
+use crate::pacing::Pacer;
+use crate::process::{Job, LaneKey, Parking, RecentIds};
 use crate::telegram::Telegram;
 
 /// How long a dead-letter publish may wait for the broker's confirm.
@@ -45,7 +49,44 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     pub requeued: AtomicU64,
     pub retried: AtomicU64,
+    /// Moved to a delay queue (pacing, retry, flood wait, refused token).
+    pub parked: AtomicU64,
 }
+
+/// Per-bot state: its budgets, and whether Telegram currently refuses its token.
+pub(crate) struct BotState {
+    pub pacer: Pacer,
+    token_refused_since: Mutex<Option<Instant>>,
+    probing: AtomicBool,
+}
+
+impl BotState {
+    fn new(pacer: Pacer) -> Self {
+        Self { pacer, token_refused_since: Mutex::new(None), probing: AtomicBool::new(false) }
+    }
+
+    pub fn token_refused(&self) -> bool {
+        self.token_refused_since.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Marks the token refused; `true` the first time (so the caller logs once and starts a probe).
+    pub fn refuse_token(&self) -> bool {
+        let mut since = self.token_refused_since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_some() {
+            return false;
+        }
+        *since = Some(Instant::now());
+        true
+    }
+
+    fn accept_token(&self) {
+        *self.token_refused_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// A hook called before every send, for fault-injection tests (a panicking handler, say). Never set
+/// from configuration.
+pub type BeforeSend = Arc<dyn Fn(&shared::wire::SendRequest) + Send + Sync>;
 
 /// What `run` reports when it returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +94,7 @@ pub struct RunSummary {
     pub delivered: u64,
     pub dead_lettered: u64,
     pub requeued: u64,
+    pub parked: u64,
     /// Time from the shutdown request to the end of the drain.
     pub drain_time: Duration,
     /// The drain did not finish within `SHUTDOWN_TIMEOUT_SECS` (or was cut by a second signal):
@@ -66,7 +108,11 @@ pub(crate) struct Inner {
     pub topology: Topology,
     pub telegram: Telegram,
     pub publisher: Publisher,
+    pub bots: HashMap<String, BotState>,
     pub lanes: Lanes<LaneKey, Job>,
+    pub recent: RecentIds,
+    pub parking: tokio::sync::mpsc::UnboundedSender<Parking>,
+    pub before_send: Option<BeforeSend>,
     pub tracker: TaskTracker,
     pub shutdown: Shutdown,
     pub stats: Stats,
@@ -76,17 +122,34 @@ pub(crate) struct Inner {
 /// A built worker, ready to run.
 pub struct Worker {
     inner: Arc<Inner>,
+    parking: tokio::sync::mpsc::UnboundedReceiver<Parking>,
 }
 
 impl Worker {
     /// Builds the Telegram client (one connection pool for every bot) and the publisher. Must be
     /// called inside the runtime; connects to nothing yet.
     pub fn build(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        Self::build_with_hook(config, shutdown, None)
+    }
+
+    /// [`Worker::build`] with a hook called before every send (fault-injection tests only).
+    pub fn build_with_hook(
+        config: WorkerConfig,
+        shutdown: Shutdown,
+        before_send: Option<BeforeSend>,
+    ) -> anyhow::Result<Self> {
         let telegram = Telegram::new(
             &config.bots,
             &config.telegram_api_url,
             usize::from(config.prefetch),
+            config.telegram_timeout,
         )?;
+        let bots = config
+            .bots
+            .keys()
+            .map(|alias| (alias.clone(), BotState::new(Pacer::new(config.limits))))
+            .collect();
+        let (parking_tx, parking) = tokio::sync::mpsc::unbounded_channel();
         let publisher = Publisher::new(
             config.amqp.clone(),
             format!("tg-worker {} publish", config.instance),
@@ -97,31 +160,37 @@ impl Worker {
             topology: Topology::new(config.amqp.prefix.clone()),
             telegram,
             publisher,
+            bots,
             lanes: Lanes::default(),
+            recent: RecentIds::default(),
+            parking: parking_tx,
+            before_send,
             tracker: TaskTracker::new(),
             shutdown,
             stats: Stats::default(),
             consuming: AtomicBool::new(false),
             config,
         };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
-    }
-
-    /// Counters, live.
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
-    }
-
-    /// Whether the worker currently has a consumer on the send queue.
-    pub fn is_consuming(&self) -> bool {
-        self.inner.consuming.load(Ordering::Relaxed)
+        Ok(Self { inner: Arc::new(inner), parking })
     }
 
     /// Consumes until shutdown, then drains: stop taking deliveries, let started sends finish and
     /// be acked, return the rest to the queue, close cleanly. Reconnects on connection loss.
     pub async fn run(self) -> anyhow::Result<RunSummary> {
+        let Worker { inner, parking } = self;
+        inner.tracker.spawn(process::run_parking(Arc::clone(&inner), parking));
+        let session = Session { inner };
+        session.run().await
+    }
+}
+
+/// The running worker: the consume loop and the drain.
+struct Session {
+    inner: Arc<Inner>,
+}
+
+impl Session {
+    async fn run(self) -> anyhow::Result<RunSummary> {
         let inner = &self.inner;
         tracing::info!(
             instance = %inner.config.instance,
@@ -140,10 +209,7 @@ impl Worker {
                 Err(error) => {
                     failures += 1;
                     if failures == 1 {
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            "broker connection lost; reconnecting"
-                        );
+                        tracing::warn!(error = format!("{error:#}"), "broker connection lost; reconnecting");
                     } else {
                         tracing::debug!(error = format!("{error:#}"), failures, "reconnect failed");
                     }
@@ -178,15 +244,8 @@ impl Worker {
         let inner = &self.inner;
         let name = format!("tg-worker {} consume", inner.config.instance);
         let connection = connect(&inner.config.amqp, &name).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("failed to open a channel")?;
-        inner
-            .topology
-            .declare(&channel)
-            .await
-            .context("failed to declare the topology")?;
+        let channel = connection.create_channel().await.context("failed to open a channel")?;
+        inner.topology.declare(&channel).await.context("failed to declare the topology")?;
         channel
             .basic_qos(inner.config.prefetch, BasicQosOptions::default())
             .await
@@ -194,12 +253,7 @@ impl Worker {
         let mut consumer = channel
             .basic_consume(
                 inner.topology.send_queue().into(),
-                format!(
-                    "{}-{}",
-                    inner.config.instance,
-                    shared::wire::new_request_id()
-                )
-                .into(),
+                format!("{}-{}", inner.config.instance, shared::wire::new_request_id()).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -231,10 +285,7 @@ impl Worker {
 
         let started = Instant::now();
         // Stop new deliveries; those already received stay ours until acked or the channel closes.
-        if let Err(error) = channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await
-        {
+        if let Err(error) = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
             tracing::warn!(%error, "failed to cancel the consumer; closing the channel instead");
         }
         let summary = self.drain(started).await;
@@ -266,8 +317,41 @@ impl Worker {
             delivered: stats.delivered.load(Ordering::Relaxed),
             dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
             requeued: stats.requeued.load(Ordering::Relaxed),
+            parked: stats.parked.load(Ordering::Relaxed),
             drain_time: started.elapsed(),
             timed_out,
         }
     }
+}
+
+/// Probes a bot whose token Telegram refused, every [`process::BAD_TOKEN_RECHECK`], until it is
+/// accepted again (or shutdown). Its requests stay parked meanwhile; none is dead-lettered for it.
+pub(crate) fn spawn_token_probe(inner: &Arc<Inner>, alias: &str) {
+    let Some(bot) = inner.bots.get(alias) else { return };
+    if bot.probing.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let alias = alias.to_string();
+    let inner_for_task = Arc::clone(inner);
+    inner.tracker.spawn(async move {
+        let inner = inner_for_task;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(process::BAD_TOKEN_RECHECK) => {}
+                _ = inner.shutdown.requested() => break,
+            }
+            let answer = inner.telegram.call(&alias, "getMe", b"{}".to_vec()).await;
+            if matches!(answer.as_ref().map(classify), Some(Outcome::Delivered { .. })) {
+                if let Some(bot) = inner.bots.get(&alias) {
+                    bot.accept_token();
+                }
+                tracing::info!(bot = %alias, "Telegram accepts the bot's token again; sending resumes");
+                break;
+            }
+            tracing::error!(bot = %alias, "Telegram still refuses the bot's token; its requests stay queued");
+        }
+        if let Some(bot) = inner.bots.get(&alias) {
+            bot.probing.store(false, Ordering::SeqCst);
+        }
+    });
 }

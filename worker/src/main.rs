@@ -22,10 +22,7 @@ fn main() -> ExitCode {
 
     // The one runtime of this process, built here and nowhere else (clippy.toml forbids it elsewhere).
     #[allow(clippy::disallowed_methods)]
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "failed to start the async runtime");

@@ -63,8 +63,10 @@ impl Telegram {
         bots: &BTreeMap<String, Secret<String>>,
         api_url: &Url,
         pool_size: usize,
+        timeout: Duration,
     ) -> anyhow::Result<Self> {
         let client = teloxide_core::net::default_reqwest_settings()
+            .timeout(timeout)
             .pool_max_idle_per_host(pool_size)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
@@ -72,8 +74,8 @@ impl Telegram {
         let bots = bots
             .iter()
             .map(|(alias, token)| {
-                let bot = Bot::with_client(token.expose().clone(), client.clone())
-                    .set_api_url(api_url.clone());
+                let bot =
+                    Bot::with_client(token.expose().clone(), client.clone()).set_api_url(api_url.clone());
                 (alias.clone(), bot)
             })
             .collect::<HashMap<_, _>>();
@@ -119,10 +121,7 @@ impl Telegram {
             Ok(body) => RawAnswer::Json { status, body },
             Err(_) => {
                 let snippet = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
-                RawAnswer::NotJson {
-                    status,
-                    snippet: self.redact(&snippet),
-                }
+                RawAnswer::NotJson { status, snippet: self.redact(&snippet) }
             }
         }
     }
@@ -134,19 +133,14 @@ impl Telegram {
 
     /// `text` with every configured token replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
-        self.tokens.iter().fold(text.to_string(), |acc, token| {
-            acc.replace(token, "[redacted]")
-        })
+        self.tokens.iter().fold(text.to_string(), |acc, token| acc.replace(token, "[redacted]"))
     }
 }
 
 fn method_url(bot: &Bot, method: &str) -> Url {
     let mut url = bot.api_url();
     if let Ok(mut segments) = url.path_segments_mut() {
-        segments
-            .pop_if_empty()
-            .push(&format!("bot{}", bot.token()))
-            .push(method);
+        segments.pop_if_empty().push(&format!("bot{}", bot.token())).push(method);
     }
     url
 }
@@ -174,15 +168,12 @@ mod tests {
         let bots: BTreeMap<String, Secret<String>> =
             [("default".to_string(), Secret::new("123:sekrit".to_string()))].into();
         let url = Url::parse("http://127.0.0.1:9/tg/").unwrap();
-        let telegram = Telegram::new(&bots, &url, 4).unwrap();
+        let telegram = Telegram::new(&bots, &url, 4, Duration::from_secs(1)).unwrap();
         let bot = &telegram.bots["default"];
         assert_eq!(
             method_url(bot, "sendMessage").as_str(),
             "http://127.0.0.1:9/tg/bot123:sekrit/sendMessage"
         );
-        assert_eq!(
-            telegram.redact("GET /bot123:sekrit/x failed"),
-            "GET /bot[redacted]/x failed"
-        );
+        assert_eq!(telegram.redact("GET /bot123:sekrit/x failed"), "GET /bot[redacted]/x failed");
     }
 }

@@ -16,18 +16,9 @@ async fn each_bad_input_is_refused_with_400_naming_the_field_and_nothing_is_publ
     let env = TestEnv::new().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
     let cases = [
-        (
-            json!({"method": "sendMessage", "params": {"chat_id": 1}}),
-            "params.text",
-        ),
-        (
-            json!({"method": "sendMessage", "params": {"chat_id": "one", "text": "x"}}),
-            "params.chat_id",
-        ),
-        (
-            json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x".repeat(4097)}}),
-            "params.text",
-        ),
+        (json!({"method": "sendMessage", "params": {"chat_id": 1}}), "params.text"),
+        (json!({"method": "sendMessage", "params": {"chat_id": "one", "text": "x"}}), "params.chat_id"),
+        (json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x".repeat(4097)}}), "params.text"),
         (
             json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x", "parse_mode": "BBCode"}}),
             "params.parse_mode",
@@ -36,22 +27,10 @@ async fn each_bad_input_is_refused_with_400_naming_the_field_and_nothing_is_publ
             json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x", "caption": "c"}}),
             "params.caption",
         ),
-        (
-            json!({"method": "sendSticker", "params": {"chat_id": 1}}),
-            "method",
-        ),
-        (
-            json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x"}, "priority": 1}),
-            "priority",
-        ),
-        (
-            json!({"id": "white space", "method": "sendMessage", "params": {"chat_id": 1, "text": "x"}}),
-            "id",
-        ),
-        (
-            json!({"method": "sendPhoto", "params": {"chat_id": 1, "photo": "ftp://x/y.png"}}),
-            "params.photo",
-        ),
+        (json!({"method": "sendSticker", "params": {"chat_id": 1}}), "method"),
+        (json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x"}, "priority": 1}), "priority"),
+        (json!({"id": "white space", "method": "sendMessage", "params": {"chat_id": 1, "text": "x"}}), "id"),
+        (json!({"method": "sendPhoto", "params": {"chat_id": 1, "photo": "ftp://x/y.png"}}), "params.photo"),
         (
             json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x"}, "metadata": [1]}),
             "metadata",
@@ -63,65 +42,31 @@ async fn each_bad_input_is_refused_with_400_naming_the_field_and_nothing_is_publ
         assert_eq!(answer["error"]["field"], json!(field), "{answer}");
         assert!(answer["error"]["code"].is_string() && answer["error"]["message"].is_string());
     }
-    let response = dispatcher
-        .http
-        .post(dispatcher.url("/v1/messages"))
-        .body("{oops")
-        .send()
-        .await
-        .unwrap();
+    let response = dispatcher.http.post(dispatcher.url("/v1/messages")).body("{oops").send().await.unwrap();
     assert_eq!(response.status(), 400);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["error"]["code"], json!("invalid_json"));
 
-    assert_eq!(
-        env.depth(&env.topology.send_queue()).await,
-        0,
-        "nothing was published"
-    );
-    let (status, _) = dispatcher
-        .post_json("/v1/messages", &message(1, "ok"), None)
-        .await;
+    assert_eq!(env.depth(&env.topology.send_queue()).await, 0, "nothing was published");
+    let (status, _) = dispatcher.post_json("/v1/messages", &message(1, "ok"), None).await;
     assert_eq!(status, 202);
-    assert_eq!(
-        env.depth(&env.topology.send_queue()).await,
-        1,
-        "confirmed before the 202"
-    );
+    assert_eq!(env.depth(&env.topology.send_queue()).await, 1, "confirmed before the 202");
 }
 
 #[tokio::test]
 async fn requests_without_a_valid_key_get_401_when_keys_are_set() {
     let env = TestEnv::new().await;
-    let dispatcher = env
-        .spawn_dispatcher(&[(
-            "DISPATCHER_API_KEYS",
-            &format!("other-key-0123456789,{KEY}"),
-        )])
-        .await;
-    let (status, body) = dispatcher
-        .post_json("/v1/messages", &message(1, "x"), None)
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].clone()),
-        (401, json!("unauthorized"))
-    );
-    let (status, _) = dispatcher
-        .post_json(
-            "/v1/messages",
-            &message(1, "x"),
-            Some("wrong-key-0123456789"),
-        )
-        .await;
+    let dispatcher =
+        env.spawn_dispatcher(&[("DISPATCHER_API_KEYS", &format!("other-key-0123456789,{KEY}"))]).await;
+    let (status, body) = dispatcher.post_json("/v1/messages", &message(1, "x"), None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")));
+    let (status, _) =
+        dispatcher.post_json("/v1/messages", &message(1, "x"), Some("wrong-key-0123456789")).await;
     assert_eq!(status, 401);
-    let (status, _) = dispatcher
-        .post_json("/v1/messages/batch", &json!([message(1, "x")]), None)
-        .await;
+    let (status, _) = dispatcher.post_json("/v1/messages/batch", &json!([message(1, "x")]), None).await;
     assert_eq!(status, 401);
     assert_eq!(env.depth(&env.topology.send_queue()).await, 0);
-    let (status, body) = dispatcher
-        .post_json("/v1/messages", &message(1, "x"), Some(KEY))
-        .await;
+    let (status, body) = dispatcher.post_json("/v1/messages", &message(1, "x"), Some(KEY)).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(dispatcher.get("/healthz").await, 200, "probes need no key");
 }
@@ -131,13 +76,7 @@ async fn a_body_over_the_limit_gets_413() {
     let env = TestEnv::new().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
     let huge = vec![b' '; dispatcher::config::MAX_SINGLE_BODY_BYTES + 1];
-    let response = dispatcher
-        .http
-        .post(dispatcher.url("/v1/messages"))
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
+    let response = dispatcher.http.post(dispatcher.url("/v1/messages")).body(huge).send().await.unwrap();
     assert_eq!(response.status(), 413);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["error"]["code"], json!("too_large"));
@@ -147,15 +86,11 @@ async fn a_body_over_the_limit_gets_413() {
 async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
     let env = TestEnv::new().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
-    let batch = json!([message(1, "a"), {"method": "sendMessage", "params": {"chat_id": 2}}, message(3, "c")]);
-    let (status, body) = dispatcher
-        .post_json("/v1/messages/batch", &batch, None)
-        .await;
+    let batch =
+        json!([message(1, "a"), {"method": "sendMessage", "params": {"chat_id": 2}}, message(3, "c")]);
+    let (status, body) = dispatcher.post_json("/v1/messages/batch", &batch, None).await;
     assert_eq!(status, 207, "{body}");
-    assert_eq!(
-        (body["accepted"].clone(), body["rejected"].clone()),
-        (json!(2), json!(1))
-    );
+    assert_eq!((body["accepted"].clone(), body["rejected"].clone()), (json!(2), json!(1)));
     let results = body["results"].as_array().unwrap();
     assert_eq!(results[0]["status"], json!(202));
     assert!(results[0]["id"].is_string());
@@ -164,14 +99,10 @@ async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
     assert_eq!(env.depth(&env.topology.send_queue()).await, 2);
 
     let all_good: Vec<Value> = (0..50).map(|n| message(n + 10, "x")).collect();
-    let (status, body) = dispatcher
-        .post_json("/v1/messages/batch", &json!(all_good), None)
-        .await;
+    let (status, body) = dispatcher.post_json("/v1/messages/batch", &json!(all_good), None).await;
     assert_eq!((status, body["accepted"].clone()), (202, json!(50)));
     let too_many: Vec<Value> = (0..1001).map(|n| message(n + 1, "x")).collect();
-    let (status, _) = dispatcher
-        .post_json("/v1/messages/batch", &json!(too_many), None)
-        .await;
+    let (status, _) = dispatcher.post_json("/v1/messages/batch", &json!(too_many), None).await;
     assert_eq!(status, 400);
     assert_eq!(env.depth(&env.topology.send_queue()).await, 52);
 }
@@ -182,36 +113,24 @@ async fn while_the_broker_is_unreachable_sends_get_503_and_readiness_fails() {
     let env = TestEnv::new().await;
     let mut config = env.dispatcher_config(&[("DISPATCHER_PUBLISH_TIMEOUT_SECS", "2")]);
     config.amqp =
-        shared::config::AmqpSettings::new("amqp://guest:guest@127.0.0.1:1/%2f", &env.prefix)
-            .unwrap();
+        shared::config::AmqpSettings::new("amqp://guest:guest@127.0.0.1:1/%2f", &env.prefix).unwrap();
     let dispatcher = spawn_dispatcher(config).await;
-    let (status, body) = dispatcher
-        .post_json("/v1/messages", &message(1, "x"), None)
-        .await;
+    let (status, body) = dispatcher.post_json("/v1/messages", &message(1, "x"), None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], json!("broker_unavailable"));
     assert_eq!(dispatcher.get("/readyz").await, 503);
-    assert_eq!(
-        dispatcher.get("/healthz").await,
-        200,
-        "alive, just not ready"
-    );
+    assert_eq!(dispatcher.get("/healthz").await, 200, "alive, just not ready");
 }
 
 #[tokio::test]
 async fn readiness_reports_a_usable_broker_and_shutdown_is_clean() {
     let env = TestEnv::new().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
-    eventually("readyz 200", DEADLINE, || async {
-        (dispatcher.get("/readyz").await == 200).then_some(())
-    })
-    .await;
+    eventually("readyz 200", DEADLINE, || async { (dispatcher.get("/readyz").await == 200).then_some(()) })
+        .await;
     let addr = dispatcher.addr;
     dispatcher.stop().await.expect("clean stop");
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer listening"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
 }
 
 #[tokio::test]
@@ -226,9 +145,7 @@ async fn the_cli_publishes_one_request_with_a_confirm() {
         id: Some("cli-1".into()),
         json: None,
     };
-    let id = dispatcher::cli::send(&config, args)
-        .await
-        .expect("published");
+    let id = dispatcher::cli::send(&config, args).await.expect("published");
     assert_eq!(id, "cli-1");
     let message = env.take(&env.topology.send_queue()).await.expect("queued");
     let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
@@ -237,14 +154,5 @@ async fn the_cli_publishes_one_request_with_a_confirm() {
         json!({"id": "cli-1", "bot": "default", "method": "sendMessage",
         "params": {"chat_id": -1001, "text": "from the cli"}})
     );
-    assert_eq!(
-        message
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .as_str(),
-        "cli-1"
-    );
+    assert_eq!(message.delivery.properties.message_id().as_ref().unwrap().as_str(), "cli-1");
 }

@@ -41,10 +41,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -74,13 +71,7 @@ impl TestEnv {
         let topology = Topology::new(prefix.clone());
         topology.declare(&channel).await.expect("declare topology");
         let sandbox = Sandbox::start(config).await.expect("sandbox");
-        Self {
-            prefix,
-            topology,
-            sandbox,
-            _connection: connection,
-            channel,
-        }
+        Self { prefix, topology, sandbox, _connection: connection, channel }
     }
 
     /// The environment a worker of this test would read.
@@ -93,6 +84,11 @@ impl TestEnv {
             ("WORKER_PREFETCH", "64".to_string()),
             ("SHUTDOWN_TIMEOUT_SECS", "10".to_string()),
             ("WORKER_NAME", format!("{}-worker", self.prefix)),
+            // Far above Telegram's, so tests of other rules are not slowed by pacing; pacing tests
+            // set their own.
+            ("RATE_GLOBAL_PER_SEC", "5000".to_string()),
+            ("RATE_CHAT_PER_SEC", "1000".to_string()),
+            ("RATE_GROUP_PER_MIN", "60000".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -103,6 +99,15 @@ impl TestEnv {
         WorkerConfig::from_env(&self.worker_env()).expect("worker config")
     }
 
+    /// The worker config with some variables overridden.
+    pub fn worker_config_with(&self, vars: &[(&str, &str)]) -> WorkerConfig {
+        let mut env = self.worker_env();
+        for (k, v) in vars {
+            env.insert(k.to_string(), v.to_string());
+        }
+        WorkerConfig::from_env(&env).expect("worker config")
+    }
+
     /// Runs a worker library in this process until its handle stops it.
     pub fn spawn_worker(&self) -> WorkerHandle {
         self.spawn_worker_with(self.worker_config())
@@ -111,10 +116,7 @@ impl TestEnv {
     pub fn spawn_worker_with(&self, config: WorkerConfig) -> WorkerHandle {
         let shutdown = Shutdown::new();
         let worker = Worker::build(config, shutdown.clone()).expect("worker builds");
-        WorkerHandle {
-            shutdown,
-            task: tokio::spawn(worker.run()),
-        }
+        WorkerHandle { shutdown, task: tokio::spawn(worker.run()) }
     }
 
     /// The dispatcher's environment for this test, with `extra` on top.
@@ -153,12 +155,18 @@ impl TestEnv {
         confirm.await.expect("confirm");
     }
 
+    /// Messages ready in every delay queue.
+    pub async fn parked(&self) -> u32 {
+        let mut total = 0;
+        for tier in shared::topology::DELAY_TIERS {
+            total += self.depth(&self.topology.delay_queue(tier)).await;
+        }
+        total
+    }
+
     /// Messages ready in `queue` (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
         let queue = self
             .channel
             .queue_declare(queue.into(), options, FieldTable::default())
@@ -169,11 +177,8 @@ impl TestEnv {
 
     /// Takes one message off `queue`, acking it, if there is one.
     pub async fn take(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
-        let message = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic.get");
+        let message =
+            self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get");
         message
     }
 
@@ -185,14 +190,10 @@ impl TestEnv {
 
     /// Waits until the sandbox holds `count` messages for `chat_id`, and returns them.
     pub async fn delivered_to(&self, chat_id: &str, count: usize) -> Vec<tests::sandbox::Received> {
-        eventually(
-            &format!("{count} message(s) for chat {chat_id}"),
-            DEADLINE,
-            || async {
-                let received = self.sandbox.received_for(chat_id);
-                (received.len() >= count).then_some(received)
-            },
-        )
+        eventually(&format!("{count} message(s) for chat {chat_id}"), DEADLINE, || async {
+            let received = self.sandbox.received_for(chat_id);
+            (received.len() >= count).then_some(received)
+        })
         .await
     }
 }
@@ -205,9 +206,7 @@ impl Drop for TestEnv {
         let topology = self.topology.clone();
         let cleanup = std::thread::spawn(move || {
             #[allow(clippy::disallowed_methods)]
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             let Ok(runtime) = runtime else { return };
             #[allow(clippy::disallowed_methods)]
             runtime.block_on(async move {
@@ -224,6 +223,67 @@ impl Drop for TestEnv {
         });
         let _ = cleanup.join();
     }
+}
+
+/// A queue bound to the events exchange, collecting delivery events.
+pub struct EventTap<'a> {
+    env: &'a TestEnv,
+    queue: String,
+    seen: Vec<serde_json::Value>,
+}
+
+impl TestEnv {
+    /// Binds an exclusive, auto-deleted queue to `<prefix>.events` with `#`.
+    pub async fn tap_events(&self) -> EventTap<'_> {
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue =
+            self.channel.queue_declare("".into(), options, FieldTable::default()).await.expect("declare");
+        let queue = queue.name().to_string();
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.topology.events_exchange().into(),
+                "#".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+        EventTap { env: self, queue, seen: Vec::new() }
+    }
+}
+
+impl EventTap<'_> {
+    /// Waits for an event with this request id and status, returning it (with its routing key
+    /// under `"_routing_key"`).
+    pub async fn wait_for(&mut self, id: &str, status: &str) -> serde_json::Value {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            while let Some(message) = self.env.take(&self.queue).await {
+                let mut event: serde_json::Value =
+                    serde_json::from_slice(&message.delivery.data).expect("events are JSON");
+                event["_routing_key"] = message.delivery.routing_key.to_string().into();
+                self.seen.push(event);
+            }
+            if let Some(event) = self.seen.iter().find(|e| e["id"] == id && e["status"] == status) {
+                return event.clone();
+            }
+            assert!(tokio::time::Instant::now() < until, "timed out waiting for a {status} event for {id}");
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Every event seen so far for `id`.
+    pub fn events_for(&self, id: &str) -> Vec<&serde_json::Value> {
+        self.seen.iter().filter(|e| e["id"] == id).collect()
+    }
+}
+
+/// Publishes a v1 request to the send exchange; returns its id.
+pub async fn send(env: &TestEnv, id: &str, params: serde_json::Value) -> String {
+    let body = serde_json::json!({"id": id, "method": "sendMessage", "params": params});
+    env.publish_raw(body.to_string().as_bytes(), BasicProperties::default()).await;
+    id.to_string()
 }
 
 /// A worker running in this process.
@@ -276,20 +336,11 @@ impl DispatcherHandle {
     /// Triggers a graceful shutdown and waits for the server to finish.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
-        tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("dispatcher stops in time")
-            .expect("no panic")
+        tokio::time::timeout(DEADLINE, self.task).await.expect("dispatcher stops in time").expect("no panic")
     }
 
     pub async fn get(&self, path: &str) -> u16 {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("dispatcher answers")
-            .status()
-            .as_u16()
+        self.http.get(self.url(path)).send().await.expect("dispatcher answers").status().as_u16()
     }
 }
 
@@ -298,12 +349,7 @@ pub async fn spawn_dispatcher(config: DispatcherConfig) -> DispatcherHandle {
     let addr = app.local_addr().expect("bound");
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run(shutdown.clone()));
-    DispatcherHandle {
-        addr,
-        shutdown,
-        task,
-        http: reqwest::Client::new(),
-    }
+    DispatcherHandle { addr, shutdown, task, http: reqwest::Client::new() }
 }
 
 /// Reads a string header of a message.

@@ -8,4 +8,6 @@
 
 mod delivery;
 mod dispatcher_api;
+mod failures;
 mod helpers;
+mod pacing;
