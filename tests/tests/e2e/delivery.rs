@@ -62,7 +62,7 @@ async fn a_malformed_body_is_dead_lettered_with_a_reason_and_the_worker_keeps_go
     .await;
 
     // Both are dead-lettered, in whichever order their tasks finished.
-    let mut dead = vec![env.next_dead_letter().await, env.next_dead_letter().await];
+    let mut dead = [env.next_dead_letter().await, env.next_dead_letter().await];
     dead.sort_by_key(|d| d.delivery.data != b"this is not json");
     let reason = header(&dead[0].delivery.properties, "x-tg-error").expect("x-tg-error header");
     assert!(reason.contains("not valid JSON"), "{reason}");
