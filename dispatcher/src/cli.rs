@@ -30,6 +30,120 @@ pub enum Command {
     Serve,
     /// Publish one send request and wait for the broker's confirm; prints its id.
     Send(SendArgs),
+    /// Inspect, replay or purge the dead-letter queue.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters, oldest first (nothing is removed).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter in full.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-publish dead letters to the send exchange with a fresh attempt count.
+    Replay {
+        /// Replay every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Request ids to replay.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every dead letter.
+    Purge {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `dead` subcommand; returns what to print.
+pub async fn dead(config: &DispatcherConfig, command: DeadCommand) -> anyhow::Result<String> {
+    use crate::dead::{self, Selection};
+    let amqp = &config.amqp;
+    match command {
+        DeadCommand::List { limit, json } => {
+            let letters = dead::list(amqp, limit).await?;
+            if json {
+                return Ok(serde_json::to_string_pretty(&letters)?);
+            }
+            if letters.is_empty() {
+                return Ok("no dead letters".to_string());
+            }
+            let mut out = format!("{:<38} {:<20} {:<10} {}\n", "ID", "DEAD AT (UTC)", "BOT", "REASON");
+            for letter in &letters {
+                out.push_str(&format!(
+                    "{:<38} {:<20} {:<10} {}\n",
+                    letter.id.as_deref().unwrap_or("-"),
+                    letter.dead_at.map(format_time).unwrap_or_else(|| "-".into()),
+                    letter.bot.as_deref().unwrap_or("-"),
+                    letter.reason
+                ));
+            }
+            out.push_str(&format!("{} shown (--limit {limit})", letters.len()));
+            Ok(out)
+        }
+        DeadCommand::Show { id, json } => {
+            let letter =
+                dead::show(amqp, &id).await?.with_context(|| format!("no dead letter with id {id:?}"))?;
+            if json {
+                return Ok(serde_json::to_string_pretty(&letter)?);
+            }
+            Ok(format!(
+                "id:      {}\nreason:  {}\nclass:   {}\nbot:     {}\ndead at: {}\nbody:\n{}",
+                letter.id.as_deref().unwrap_or("-"),
+                letter.reason,
+                letter.class.as_deref().unwrap_or("-"),
+                letter.bot.as_deref().unwrap_or("-"),
+                letter.dead_at.map(format_time).unwrap_or_else(|| "-".into()),
+                serde_json::to_string_pretty(&letter.body)?
+            ))
+        }
+        DeadCommand::Replay { all, ids, json } => {
+            let selection = if all { Selection::All } else { Selection::Ids(ids.iter().cloned().collect()) };
+            let publisher =
+                Publisher::new(amqp.clone(), "tg-dispatcher dead replay", config.publish_timeout, 1);
+            let replayed = dead::replay(amqp, &publisher, &selection).await;
+            publisher.close().await;
+            let replayed = replayed?;
+            if let Selection::Ids(wanted) = &selection {
+                let missing: Vec<&String> =
+                    wanted.iter().filter(|id| !replayed.iter().any(|r| r.as_ref() == Some(*id))).collect();
+                if !missing.is_empty() {
+                    anyhow::bail!("replayed {}; not found in the dead queue: {missing:?}", replayed.len());
+                }
+            }
+            if json {
+                return Ok(serde_json::to_string_pretty(&json!({"replayed": replayed}))?);
+            }
+            Ok(format!("replayed {} dead letter(s)", replayed.len()))
+        }
+        DeadCommand::Purge { json } => {
+            let purged = dead::purge(amqp).await?;
+            if json {
+                return Ok(json!({"purged": purged}).to_string());
+            }
+            Ok(format!("purged {purged} dead letter(s)"))
+        }
+    }
+}
+
+fn format_time(unix_secs: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(unix_secs);
+    humantime::format_rfc3339_seconds(time).to_string().replace('T', " ").trim_end_matches('Z').to_string()
 }
 
 #[derive(Debug, Args)]

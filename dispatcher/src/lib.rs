@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dead;
 pub mod http;
 
 use std::net::SocketAddr;

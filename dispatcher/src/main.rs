@@ -43,6 +43,14 @@ fn main() -> ExitCode {
                 let shutdown = Shutdown::from_signals()?;
                 Application::build(config).await?.run(shutdown).await
             }
+            Command::Dead(command) => {
+                let output = dispatcher::cli::dead(&config, command);
+                let output = tokio::time::timeout(dispatcher::cli::CLI_TIMEOUT * 4, output)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("gave up after {:?}", dispatcher::cli::CLI_TIMEOUT * 4))??;
+                println!("{output}");
+                Ok(())
+            }
             Command::Send(args) => {
                 let sent =
                     tokio::time::timeout(dispatcher::cli::CLI_TIMEOUT, dispatcher::cli::send(&config, args));

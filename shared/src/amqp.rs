@@ -153,7 +153,7 @@ impl Publisher {
                 .basic_publish(
                     message.exchange.into(),
                     message.routing_key.into(),
-                    BasicPublishOptions { mandatory: true, immediate: false },
+                    BasicPublishOptions { mandatory: message.mandatory, immediate: false },
                     message.body,
                     properties,
                 )

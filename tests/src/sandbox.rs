@@ -157,7 +157,7 @@ struct SandboxState {
     config: SandboxConfig,
     faults: Mutex<Faults>,
     windows: Mutex<Windows>,
-    /// Accept times of every send, ms since the epoch, per bot id.
+    /// Accept times of every send, µs since the epoch.
     accepted_at: Mutex<Vec<u64>>,
     chats: Mutex<HashMap<String, ChatBehaviour>>,
     received: Mutex<Vec<Received>>,
@@ -367,12 +367,12 @@ impl SandboxState {
         times.sort_unstable();
         let mut per_second = std::collections::BTreeMap::new();
         for t in &times {
-            *per_second.entry(t / 1000).or_insert(0) += 1;
+            *per_second.entry(t / 1_000_000).or_insert(0) += 1;
         }
         let mut max = 0;
         let mut start = 0;
         for end in 0..times.len() {
-            while times[end] - times[start] >= 1000 {
+            while times[end] - times[start] >= 1_000_000 {
                 start += 1;
             }
             max = max.max(end - start + 1);
@@ -385,8 +385,8 @@ impl SandboxState {
             injected_faults: c.injected.load(Ordering::Relaxed),
             per_second,
             max_in_any_1s_window: max as u64,
-            first_accept_ms: times.first().copied(),
-            last_accept_ms: times.last().copied(),
+            first_accept_ms: times.first().map(|t| t / 1000),
+            last_accept_ms: times.last().map(|t| t / 1000),
         }
     }
 }
@@ -654,7 +654,7 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
         received_at_ms: now.as_millis() as u64,
     });
     state.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    lock(&state.accepted_at).push(now.as_millis() as u64);
+    lock(&state.accepted_at).push(now.as_micros() as u64);
     Json(json!({"ok": true, "result": result})).into_response()
 }
 

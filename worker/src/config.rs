@@ -93,7 +93,11 @@ impl WorkerConfig {
             chat_burst: env.parse_or("RATE_CHAT_BURST", defaults.chat_burst)?.max(1),
             group_per_min: rate(env, "RATE_GROUP_PER_MIN", defaults.group_per_min)?,
             paid_per_sec: rate(env, "RATE_PAID_PER_SEC", defaults.paid_per_sec)?,
+            safety_margin: env.parse_or("RATE_SAFETY_MARGIN", defaults.safety_margin)?,
         };
+        if !(0.0..=0.5).contains(&limits.safety_margin) {
+            return Err(ConfigError::new("RATE_SAFETY_MARGIN", "must be between 0 and 0.5"));
+        }
         let retry_max_attempts = env.parse_or("RETRY_MAX_ATTEMPTS", DEFAULT_RETRY_MAX_ATTEMPTS)?;
         if retry_max_attempts == 0 {
             return Err(ConfigError::new("RETRY_MAX_ATTEMPTS", "must be at least 1"));

@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod gate;
 pub mod lanes;
 pub mod pacing;
 mod process;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 pub use config::WorkerConfig;
 
 use crate::classify::{classify, Outcome};
+use crate::gate::Gate;
 use crate::lanes::Lanes;
 use crate::pacing::Pacer;
 use crate::process::{Job, LaneKey, Parking, RecentIds};
@@ -55,14 +57,31 @@ pub struct Stats {
 
 /// Per-bot state: its budgets, and whether Telegram currently refuses its token.
 pub(crate) struct BotState {
-    pub pacer: Pacer,
+    pub pacer: Arc<Pacer>,
+    /// Waiting rooms of the global and the paid-broadcast budgets.
+    pub gate: Arc<Gate>,
+    pub paid_gate: Arc<Gate>,
     token_refused_since: Mutex<Option<Instant>>,
     probing: AtomicBool,
 }
 
 impl BotState {
     fn new(pacer: Pacer) -> Self {
-        Self { pacer, token_refused_since: Mutex::new(None), probing: AtomicBool::new(false) }
+        Self {
+            pacer: Arc::new(pacer),
+            gate: Gate::new(),
+            paid_gate: Gate::new(),
+            token_refused_since: Mutex::new(None),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn gate(&self, paid: bool) -> &Arc<Gate> {
+        if paid {
+            &self.paid_gate
+        } else {
+            &self.gate
+        }
     }
 
     pub fn token_refused(&self) -> bool {
@@ -179,6 +198,12 @@ impl Worker {
     pub async fn run(self) -> anyhow::Result<RunSummary> {
         let Worker { inner, parking } = self;
         inner.tracker.spawn(process::run_parking(Arc::clone(&inner), parking));
+        for bot in inner.bots.values() {
+            for paid in [false, true] {
+                let gate = Arc::clone(bot.gate(paid));
+                inner.tracker.spawn(gate.run(Arc::clone(&bot.pacer), paid, inner.shutdown.graceful_token()));
+            }
+        }
         let session = Session { inner };
         session.run().await
     }

@@ -31,6 +31,10 @@ pub struct Limits {
     pub group_per_min: f64,
     /// Messages per second for requests with `allow_paid_broadcast` (`RATE_PAID_PER_SEC`, 1000).
     pub paid_per_sec: f64,
+    /// Fraction every limit is paced under (`RATE_SAFETY_MARGIN`, default 0.02): sends paced
+    /// exactly at 30/s put 31 into some one-second window as soon as one of them is a few
+    /// milliseconds late, so the worker keeps a little room for scheduling and network jitter.
+    pub safety_margin: f64,
 }
 
 impl Default for Limits {
@@ -41,6 +45,7 @@ impl Default for Limits {
             chat_burst: 1,
             group_per_min: 20.0,
             paid_per_sec: 1000.0,
+            safety_margin: 0.02,
         }
     }
 }
@@ -54,14 +59,25 @@ impl Limits {
             chat_burst: self.chat_burst,
             group_per_min: self.group_per_min * factor,
             paid_per_sec: self.paid_per_sec * factor,
+            safety_margin: self.safety_margin,
         }
+    }
+
+    /// The spacing of the global budget (or the paid one).
+    pub fn global_interval(&self, paid: bool) -> Duration {
+        self.interval(if paid { self.paid_per_sec } else { self.global_per_sec })
+    }
+
+    /// The spacing of sends for a rate, with the safety margin.
+    fn interval(&self, per_sec: f64) -> Duration {
+        interval(per_sec / (1.0 + self.safety_margin))
     }
 
     /// Minimum spacing between two messages to `chat`.
     pub fn chat_interval(&self, chat: &ChatId) -> Duration {
-        let private = interval(self.chat_per_sec);
+        let private = self.interval(self.chat_per_sec);
         if chat.is_group_or_channel() {
-            private.max(interval(self.group_per_min / 60.0))
+            private.max(self.interval(self.group_per_min / 60.0))
         } else {
             private
         }
@@ -120,10 +136,39 @@ impl ChatBudgets {
     }
 }
 
+/// The last `limit` departures of a budget: a send may leave only if the one `limit` sends before it
+/// left at least a second earlier. The spaced schedule makes this hold already; this catches the
+/// case where a send woke up late and the ones after it did not.
+#[derive(Debug, Default)]
+struct Departures {
+    times: std::collections::VecDeque<Instant>,
+}
+
+impl Departures {
+    /// `Ok` records the departure at `now`; `Err` is how long to wait before trying again.
+    fn depart(&mut self, limit: usize, now: Instant) -> Result<(), Duration> {
+        let limit = limit.max(1);
+        if self.times.len() >= limit {
+            let oldest = self.times[self.times.len() - limit];
+            let free_at = oldest + Duration::from_secs(1);
+            if now < free_at {
+                return Err(free_at - now);
+            }
+        }
+        self.times.push_back(now);
+        while self.times.len() > limit {
+            self.times.pop_front();
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct State {
     global: Budget,
     paid: Budget,
+    global_departures: Departures,
+    paid_departures: Departures,
     /// Per chat: `slots` orders requests as they are received; `sends` checks the actual sends,
     /// so requests that come back late from a delay queue cannot go out in a burst.
     chats: HashMap<ChatId, ChatBudgets>,
@@ -150,6 +195,8 @@ impl Pacer {
             state: Mutex::new(State {
                 global: Budget::new(),
                 paid: Budget::new(),
+                global_departures: Departures::default(),
+                paid_departures: Departures::default(),
                 chats: HashMap::new(),
                 chat_pauses: HashMap::new(),
                 bot_paused_until: None,
@@ -220,7 +267,23 @@ impl Pacer {
         } else {
             (&mut state.global, self.limits.global_per_sec)
         };
-        budget.reserve(now, not_before, interval(per_sec), Duration::ZERO)
+        budget.reserve(now, not_before, self.limits.interval(per_sec), Duration::ZERO)
+    }
+
+    /// Records a send leaving now, or says how long to wait so that no one-second window holds
+    /// more sends than the budget's limit.
+    pub fn depart(&self, paid: bool, now: Instant) -> Result<(), Duration> {
+        let mut state = self.lock();
+        let (departures, per_sec) = if paid {
+            (&mut state.paid_departures, self.limits.paid_per_sec)
+        } else {
+            (&mut state.global_departures, self.limits.global_per_sec)
+        };
+        // Only meaningful for limits that fit a log; beyond that the spacing alone is the rule.
+        if per_sec >= 100_000.0 {
+            return Ok(());
+        }
+        departures.depart(per_sec.floor() as usize, now)
     }
 
     /// When a send to `chat` is allowed at all, considering only 429 pauses.
@@ -259,13 +322,18 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
+    /// Telegram's limits without the safety margin, so expected instants are round numbers.
+    fn exact() -> Limits {
+        Limits { safety_margin: 0.0, ..Limits::default() }
+    }
+
     fn private(id: i64) -> ChatId {
         ChatId::Id(id)
     }
 
     #[tokio::test(start_paused = true)]
     async fn one_chat_gets_one_slot_per_second_in_receipt_order() {
-        let pacer = Pacer::new(Limits::default());
+        let pacer = Pacer::new(exact());
         let now = Instant::now();
         let slots: Vec<Duration> = (0..5).map(|_| pacer.reserve_chat(&private(1), now, now) - now).collect();
         assert_eq!(slots, [0, 1, 2, 3, 4].map(|s| SEC * s));
@@ -275,7 +343,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn groups_get_twenty_per_minute_and_bursts_are_allowed_when_configured() {
-        let pacer = Pacer::new(Limits { chat_burst: 3, ..Limits::default() });
+        let pacer = Pacer::new(Limits { chat_burst: 3, ..exact() });
         let now = Instant::now();
         let group: Vec<Duration> =
             (0..3).map(|_| pacer.reserve_chat(&ChatId::Id(-100), now, now) - now).collect();
@@ -283,12 +351,12 @@ mod tests {
         assert_eq!(group, [Duration::ZERO; 3]);
         assert_eq!(pacer.reserve_chat(&ChatId::Id(-100), now, now) - now, 3 * SEC);
         let channel = ChatId::Username("@news".into());
-        assert_eq!(Limits::default().chat_interval(&channel), 3 * SEC);
+        assert_eq!(exact().chat_interval(&channel), 3 * SEC);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_global_budget_spaces_sends_and_never_exceeds_the_limit_in_any_second() {
-        let pacer = Pacer::new(Limits::default());
+        let pacer = Pacer::new(exact());
         let start = Instant::now();
         let slots: Vec<Instant> = (0..300).map(|_| pacer.reserve_global(false, start)).collect();
         for window_start in &slots {
@@ -303,7 +371,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paid_broadcasts_use_their_own_budget() {
-        let pacer = Pacer::new(Limits::default());
+        let pacer = Pacer::new(exact());
         let now = Instant::now();
         for _ in 0..30 {
             pacer.reserve_global(false, now);
@@ -314,7 +382,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_pauses_the_chat_and_two_chats_flooding_pause_the_bot() {
-        let pacer = Pacer::new(Limits::default());
+        let pacer = Pacer::new(exact());
         let now = Instant::now();
         assert!(!pacer.flood(&private(1), now, now + 8 * SEC));
         assert_eq!(pacer.paused_until(&private(1), now), now + 8 * SEC);
@@ -331,7 +399,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sends_to_one_chat_stay_spaced_even_when_their_slots_have_all_passed() {
-        let pacer = Pacer::new(Limits::default());
+        let pacer = Pacer::new(exact());
         let now = Instant::now();
         let sends: Vec<Duration> =
             (0..3).map(|_| pacer.reserve_chat_send(&private(1), now, now) - now).collect();
@@ -343,15 +411,38 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_taken_elsewhere_pushes_later_reservations_back() {
-        let pacer = Pacer::new(Limits::default());
+        let pacer = Pacer::new(exact());
         let now = Instant::now();
         pacer.observe_chat_slot(&private(9), now + 100 * SEC);
         assert_eq!(pacer.reserve_chat(&private(9), now, now), now + 101 * SEC);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_safety_margin_leaves_room_for_late_sends() {
+        let pacer = Pacer::new(Limits::default());
+        let start = Instant::now();
+        let slots: Vec<Instant> = (0..31).map(|_| pacer.reserve_global(false, start)).collect();
+        // 31 sends span more than a second by the margin: 20 ms of lateness still fits.
+        assert!(slots[30] - slots[0] >= Duration::from_millis(1020), "{:?}", slots[30] - slots[0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_departure_cannot_squeeze_one_more_send_into_a_second() {
+        let pacer = Pacer::new(exact());
+        let t0 = Instant::now();
+        // The first send left 30 ms late; the next 29 on time.
+        assert_eq!(pacer.depart(false, t0 + Duration::from_millis(30)), Ok(()));
+        for k in 1..30 {
+            assert_eq!(pacer.depart(false, t0 + Duration::from_millis(33 * k + 40)), Ok(()));
+        }
+        // The 31st, due at 1000 ms, must wait until a second after the late first one.
+        assert_eq!(pacer.depart(false, t0 + SEC), Err(Duration::from_millis(30)));
+        assert_eq!(pacer.depart(false, t0 + SEC + Duration::from_millis(30)), Ok(()));
+    }
+
     #[test]
     fn scaling_shares_every_rate() {
-        let quarter = Limits::default().scaled(0.25);
+        let quarter = exact().scaled(0.25);
         assert_eq!((quarter.global_per_sec, quarter.chat_per_sec), (7.5, 0.25));
         assert_eq!(quarter.chat_interval(&private(1)), 4 * SEC);
     }

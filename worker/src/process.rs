@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::classify::{classify, ErrorClass, Failure, Outcome};
+use crate::gate;
 use crate::lanes::Scheduled;
 use crate::Inner;
 
@@ -85,6 +86,8 @@ pub(crate) struct Job {
     request: SendRequest,
     carried: Carried,
     slot: Instant,
+    /// When the request was first received (by any worker): earlier requests get global slots first.
+    received: Instant,
     /// Set once the delivery was acked, dead-lettered, parked or requeued.
     settled: AtomicBool,
 }
@@ -228,7 +231,8 @@ pub(crate) fn accept(inner: &Arc<Inner>, delivery: Delivery) {
         return;
     }
     let key: LaneKey = (request.bot().to_string(), request.chat_id().clone());
-    let job = Job { delivery, request, carried, slot, settled: AtomicBool::new(false) };
+    let received = instant_from_ms(carried.first_seen_ms);
+    let job = Job { delivery, request, carried, slot, received, settled: AtomicBool::new(false) };
     if inner.lanes.push(&key, job) {
         let tracker = inner.tracker.clone();
         tracker.spawn(run_lane(Arc::clone(inner), key));
@@ -312,22 +316,33 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             return;
         }
         let chat_ready = bot.pacer.reserve_chat_send(request.chat_id(), now, paused);
-        let global = bot.pacer.reserve_global(request.is_paid_broadcast(), chat_ready);
-        if global - now > hold {
-            park_request(inner, &job, &request, &carried, global, "global budget", None);
+        let paid = request.is_paid_broadcast();
+        let gate = bot.gate(paid);
+        let queue_wait =
+            gate::estimated_wait(gate.ahead_of(job.received), bot.pacer.limits().global_interval(paid));
+        let expected = chat_ready.max(now + queue_wait);
+        if expected - now > hold {
+            park_request(inner, &job, &request, &carried, expected, "global budget", None);
             settled();
             return;
         }
-        if global > now {
-            metrics::histogram!("tg_pacing_wait_seconds").record((global - now).as_secs_f64());
-            tokio::select! {
-                _ = tokio::time::sleep_until(global) => {}
-                _ = inner.shutdown.requested() => {
-                    requeue(inner, delivery, "shutting down before the send").await;
-                    settled();
-                    return;
-                }
-            }
+        let waited = async {
+            tokio::time::sleep_until(chat_ready).await;
+            gate.acquire(job.received).await
+        };
+        let wait_started = Instant::now();
+        let granted = tokio::select! {
+            granted = waited => granted.is_ok(),
+            _ = inner.shutdown.requested() => false,
+        };
+        metrics::histogram!("tg_pacing_wait_seconds").record(wait_started.elapsed().as_secs_f64());
+        if !granted {
+            requeue(inner, delivery, "shutting down before the send").await;
+            settled();
+            return;
+        }
+        while let Err(wait) = bot.pacer.depart(paid, Instant::now()) {
+            tokio::time::sleep(wait).await;
         }
 
         let started = Instant::now();

@@ -262,6 +262,8 @@ impl EventTap<'_> {
             while let Some(message) = self.env.take(&self.queue).await {
                 let mut event: serde_json::Value =
                     serde_json::from_slice(&message.delivery.data).expect("events are JSON");
+                let errors: Vec<String> = event_schema().iter_errors(&event).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "event does not match the schema: {errors:?}\n{event}");
                 event["_routing_key"] = message.delivery.routing_key.to_string().into();
                 self.seen.push(event);
             }
@@ -277,6 +279,17 @@ impl EventTap<'_> {
     pub fn events_for(&self, id: &str) -> Vec<&serde_json::Value> {
         self.seen.iter().filter(|e| e["id"] == id).collect()
     }
+}
+
+/// The published JSON Schema of delivery events; every event a test sees is checked against it.
+fn event_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/delivery-event.v1.schema.json");
+        let text = std::fs::read_to_string(path).expect("the event schema exists");
+        let schema: serde_json::Value = serde_json::from_str(&text).expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("a valid JSON Schema")
+    })
 }
 
 /// Publishes a v1 request to the send exchange; returns its id.

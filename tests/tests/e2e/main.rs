@@ -6,6 +6,8 @@
 // clippy.toml's runtime rule would flag. Product code stays under the rule.
 #![allow(clippy::disallowed_methods)]
 
+mod bench;
+mod dead_letters;
 mod delivery;
 mod dispatcher_api;
 mod failures;

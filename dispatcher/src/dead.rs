@@ -1,0 +1,254 @@
+//! Operator tools for the dead-letter queue: list, show, replay and purge. Listing reads messages
+//! without acknowledging them and closes the channel, so the broker puts every one back; replaying
+//! re-publishes a dead letter to the send exchange with a confirm — stripped of its failure
+//! headers, so it starts with a fresh attempt count — and only then removes it from the dead queue.
+
+use std::collections::HashSet;
+
+use anyhow::Context as _;
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::Channel;
+use serde::Serialize;
+use serde_json::Value;
+use shared::amqp::{connect, Outgoing, Publisher};
+use shared::config::AmqpSettings;
+use shared::topology::{Topology, HEADER_BOT, HEADER_DEAD_AT, HEADER_ERROR, HEADER_ERROR_CLASS};
+
+/// One dead letter, as shown to an operator.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The request id (from the body, else the AMQP message_id), if any.
+    pub id: Option<String>,
+    /// Why it is dead (`x-tg-error`, or RabbitMQ's own reason such as `delivery_limit`).
+    pub reason: String,
+    pub class: Option<String>,
+    pub bot: Option<String>,
+    /// Unix seconds.
+    pub dead_at: Option<u64>,
+    /// The body as JSON when it is JSON, else as text.
+    pub body: Value,
+}
+
+impl DeadLetter {
+    fn from_message(message: &BasicGetMessage) -> Self {
+        let delivery = &message.delivery;
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let header = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        let body: Value = serde_json::from_slice(&delivery.data)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&delivery.data).into_owned()));
+        let id = body
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| delivery.properties.message_id().as_ref().map(|m| m.to_string()));
+        let death = first_death(&headers);
+        let reason = header(HEADER_ERROR)
+            .or_else(|| death.as_ref().map(|(reason, _)| format!("dead-lettered by RabbitMQ: {reason}")))
+            .unwrap_or_else(|| "unknown".to_string());
+        let dead_at = match headers.inner().get(HEADER_DEAD_AT) {
+            Some(AMQPValue::Timestamp(t)) => Some(*t),
+            _ => death.and_then(|(_, time)| time),
+        };
+        Self { id, reason, class: header(HEADER_ERROR_CLASS), bot: header(HEADER_BOT), dead_at, body }
+    }
+}
+
+/// RabbitMQ's `x-death`: the reason (`rejected`, `expired`, `delivery_limit`, …) and time of the
+/// most recent dead-lettering.
+fn first_death(headers: &FieldTable) -> Option<(String, Option<u64>)> {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { return None };
+    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else { return None };
+    let reason = match death.inner().get("reason") {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        _ => "unknown".to_string(),
+    };
+    let time = match death.inner().get("time") {
+        Some(AMQPValue::Timestamp(t)) => Some(*t),
+        _ => None,
+    };
+    Some((reason, time))
+}
+
+/// A connection to the dead queue; reads without acknowledging. Dropping it (or `close`) returns
+/// whatever was read and not removed.
+struct DeadQueue {
+    connection: lapin::Connection,
+    channel: Channel,
+    queue: String,
+}
+
+impl DeadQueue {
+    async fn open(settings: &AmqpSettings) -> anyhow::Result<Self> {
+        let connection = connect(settings, "tg-dispatcher dead").await?;
+        let channel = connection.create_channel().await.context("failed to open a channel")?;
+        let topology = Topology::new(settings.prefix.clone());
+        topology.declare(&channel).await.context("failed to declare the topology")?;
+        Ok(Self { connection, channel, queue: topology.dead_queue() })
+    }
+
+    async fn next(&self) -> anyhow::Result<Option<BasicGetMessage>> {
+        self.channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .context("failed to read the dead queue")
+    }
+
+    async fn close(self) {
+        // Closing the channel returns every message read and not acked to the queue.
+        let _ = self.channel.close(200, "done".into()).await;
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// Up to `limit` dead letters, oldest first. Nothing is removed.
+pub async fn list(settings: &AmqpSettings, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+    let dead = DeadQueue::open(settings).await?;
+    let mut letters = Vec::new();
+    while letters.len() < limit {
+        match dead.next().await {
+            Ok(Some(message)) => letters.push(DeadLetter::from_message(&message)),
+            Ok(None) => break,
+            Err(e) => {
+                dead.close().await;
+                return Err(e);
+            }
+        }
+    }
+    dead.close().await;
+    Ok(letters)
+}
+
+/// The dead letter with request id `id`, if any. Nothing is removed.
+pub async fn show(settings: &AmqpSettings, id: &str) -> anyhow::Result<Option<DeadLetter>> {
+    let dead = DeadQueue::open(settings).await?;
+    let mut found = None;
+    loop {
+        match dead.next().await {
+            Ok(Some(message)) => {
+                let letter = DeadLetter::from_message(&message);
+                if letter.id.as_deref() == Some(id) {
+                    found = Some(letter);
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                dead.close().await;
+                return Err(e);
+            }
+        }
+    }
+    dead.close().await;
+    Ok(found)
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    Ids(HashSet<String>),
+}
+
+/// Re-publishes the selected dead letters to the send exchange (confirmed), then removes each from
+/// the dead queue. Returns the ids (or `None` for bodies without one) replayed.
+pub async fn replay(
+    settings: &AmqpSettings,
+    publisher: &Publisher,
+    selection: &Selection,
+) -> anyhow::Result<Vec<Option<String>>> {
+    let dead = DeadQueue::open(settings).await?;
+    let exchange = Topology::new(settings.prefix.clone()).send_exchange();
+    let mut replayed = Vec::new();
+    let outcome: anyhow::Result<()> = async {
+        while let Some(message) = dead.next().await? {
+            let letter = DeadLetter::from_message(&message);
+            let selected = match selection {
+                Selection::All => true,
+                Selection::Ids(ids) => letter.id.as_ref().is_some_and(|id| ids.contains(id)),
+            };
+            if !selected {
+                continue;
+            }
+            let delivery = &message.delivery;
+            let properties =
+                delivery.properties.clone().with_headers(fresh_headers(delivery.properties.headers()));
+            let routing_key = letter.bot.clone().unwrap_or_else(|| delivery.routing_key.to_string());
+            publisher
+                .publish(Outgoing {
+                    exchange: &exchange,
+                    mandatory: true,
+                    routing_key: &routing_key,
+                    body: &delivery.data,
+                    properties,
+                })
+                .await
+                .with_context(|| {
+                    format!("failed to replay {}", letter.id.as_deref().unwrap_or("a message"))
+                })?;
+            if !delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .context("failed to remove the dead letter")?
+            {
+                anyhow::bail!("the broker closed the channel before the dead letter was removed");
+            }
+            replayed.push(letter.id);
+        }
+        Ok(())
+    }
+    .await;
+    dead.close().await;
+    outcome.map(|()| replayed)
+}
+
+/// Headers of a replayed message: the producer's own, without any trace of the failure.
+fn fresh_headers(headers: &Option<FieldTable>) -> FieldTable {
+    let mut kept = headers.as_ref().map(|h| h.inner().clone()).unwrap_or_default();
+    kept.retain(|name, _| {
+        let name = name.as_str();
+        !(name.starts_with("x-tg-")
+            || name.starts_with("x-death")
+            || name.starts_with("x-first-death")
+            || name.starts_with("x-last-death")
+            || name == "x-delivery-count")
+    });
+    FieldTable::from(kept)
+}
+
+/// Deletes every dead letter; returns how many there were.
+pub async fn purge(settings: &AmqpSettings) -> anyhow::Result<u32> {
+    let dead = DeadQueue::open(settings).await?;
+    let purged = dead
+        .channel
+        .queue_purge(dead.queue.as_str().into(), Default::default())
+        .await
+        .context("failed to purge the dead queue");
+    dead.close().await;
+    purged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replayed_messages_lose_every_failure_header_and_keep_the_producers() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-tg-error".into(), AMQPValue::LongString("403".into()));
+        headers.insert("x-tg-attempts".into(), AMQPValue::LongLongInt(3));
+        headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(20));
+        headers.insert("trace-id".into(), AMQPValue::LongString("abc".into()));
+        let fresh = fresh_headers(&Some(headers));
+        let names: Vec<&str> = fresh.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["trace-id"]);
+    }
+}

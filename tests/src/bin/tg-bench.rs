@@ -1,0 +1,65 @@
+//! `tg-bench`: prints benchmark tables (run it in release mode). See `BENCHMARKS.md`.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tg-bench", about = "Benchmarks of tg-dispatch against the real RabbitMQ and the sandbox")]
+struct Cli {
+    /// Broker to use (a unique queue prefix is created and deleted).
+    #[arg(long, env = "AMQP_URL", default_value = shared::config::DEFAULT_AMQP_URL)]
+    amqp_url: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// A backlog to distinct chats at Telegram's limits: achieved rate, max per 1-s window, 429s.
+    Pacing {
+        #[arg(long, default_value_t = 600)]
+        n: usize,
+    },
+    /// One busy chat queued before many others: do the others wait?
+    HeadOfLine {
+        #[arg(long, default_value_t = 300)]
+        busy: usize,
+        #[arg(long, default_value_t = 300)]
+        others: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    shared::telemetry::init(shared::config::LogFormat::Text);
+    // The one runtime of this process.
+    #[allow(clippy::disallowed_methods)]
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tg-bench: failed to start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[allow(clippy::disallowed_methods)]
+    let result = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Pacing { n } => tests::bench::pacing(&cli.amqp_url, n).await,
+            Scenario::HeadOfLine { busy, others } => {
+                tests::bench::head_of_line(&cli.amqp_url, busy, others).await
+            }
+        }
+    });
+    match result {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tg-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The global budget's gate: requests whose chat slot has come wait here for one of the bot's
+//! global slots, and each slot goes to the waiter received *earliest*, at the moment the slot
+//! comes — not to whoever asked first. Reserving global slots in advance would let a burst of new
+//! chats book the next seconds and starve a chat whose requests arrived before them but must be
+//! spaced out; with the gate, a busy chat keeps draining at its own rate while other chats share
+//! the rest. One small task per budget hands out the slots; the timing is [`Pacer::reserve_global`].
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::pacing::Pacer;
+
+struct Waiter {
+    priority: Instant,
+    seq: u64,
+    grant: oneshot::Sender<()>,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        (self.priority, self.seq) == (other.priority, other.seq)
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiter {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.priority, self.seq).cmp(&(other.priority, other.seq))
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    waiters: BinaryHeap<Reverse<Waiter>>,
+    next_seq: u64,
+}
+
+/// One budget's waiting room (the bot's global budget, or its paid-broadcast budget).
+pub struct Gate {
+    queue: Mutex<Queue>,
+    arrived: Notify,
+}
+
+/// The gate closed (shutdown) before a slot was granted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed;
+
+impl Gate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { queue: Mutex::default(), arrived: Notify::new() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many waiters would be served before one of `priority`.
+    pub fn ahead_of(&self, priority: Instant) -> usize {
+        self.lock().waiters.iter().filter(|Reverse(w)| w.priority <= priority).count()
+    }
+
+    /// Waits for a slot. Earlier `priority` is served first; equal priorities in arrival order.
+    pub async fn acquire(&self, priority: Instant) -> Result<(), Closed> {
+        let (grant, granted) = oneshot::channel();
+        {
+            let mut queue = self.lock();
+            let seq = queue.next_seq;
+            queue.next_seq += 1;
+            queue.waiters.push(Reverse(Waiter { priority, seq, grant }));
+        }
+        self.arrived.notify_one();
+        granted.await.map_err(|_| Closed)
+    }
+
+    /// Hands out slots from `pacer`'s global (or paid) budget until `stop` is cancelled. A waiter
+    /// that gave up (its future dropped) is skipped without using a slot.
+    pub async fn run(self: Arc<Self>, pacer: Arc<Pacer>, paid: bool, stop: CancellationToken) {
+        self.serve(&pacer, paid, &stop).await;
+        // Closing: every waiter still queued learns it will not be served.
+        self.lock().waiters.clear();
+    }
+
+    async fn serve(&self, pacer: &Pacer, paid: bool, stop: &CancellationToken) {
+        loop {
+            // Wait for someone to serve.
+            loop {
+                let waiting = !self.lock().waiters.is_empty();
+                if waiting {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.arrived.notified() => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            let slot = pacer.reserve_global(paid, Instant::now());
+            if slot > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(slot) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            // Grant the slot to whoever is first *now*; skip waiters that left.
+            loop {
+                let Some(Reverse(waiter)) = self.lock().waiters.pop() else { break };
+                if waiter.grant.send(()).is_ok() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The wait a request would face at the gate: its place in line times the budget's spacing.
+pub fn estimated_wait(ahead: usize, spacing: Duration) -> Duration {
+    spacing.saturating_mul(u32::try_from(ahead).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // #[tokio::test] builds the test's runtime
+mod tests {
+    use super::*;
+    use crate::pacing::Limits;
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_go_to_the_earliest_received_waiter_at_the_rate_of_the_budget() {
+        let limits = Limits { global_per_sec: 10.0, safety_margin: 0.0, ..Limits::default() };
+        let pacer = Arc::new(Pacer::new(limits));
+        let gate = Gate::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&pacer), false, stop.clone()));
+        let t0 = Instant::now();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Twenty "new" waiters received at t0 + 1 s, all queued now.
+        let mut tasks = Vec::new();
+        for n in 0..20 {
+            let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                gate.acquire(t0 + Duration::from_secs(1)).await.unwrap();
+                order.lock().unwrap().push((format!("new{n}"), Instant::now() - t0));
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // An "old" waiter (received at t0) arrives later but is served at the very next slot.
+        let (gate2, order2) = (Arc::clone(&gate), Arc::clone(&order));
+        assert!(gate.ahead_of(t0) == 0 && gate.ahead_of(t0 + Duration::from_secs(1)) > 10);
+        tasks.push(tokio::spawn(async move {
+            gate2.acquire(t0).await.unwrap();
+            order2.lock().unwrap().push(("old".to_string(), Instant::now() - t0));
+        }));
+        for task in tasks {
+            task.await.unwrap();
+        }
+        stop.cancel();
+        let order = order.lock().unwrap().clone();
+        let position = order.iter().position(|(name, _)| name == "old").unwrap();
+        assert!(position <= 5, "the old waiter jumped the queue: {order:?}");
+        let times: Vec<Duration> = order.iter().map(|(_, t)| *t).collect();
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(100), "spaced at 10/s: {times:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_does_not_use_a_slot() {
+        let pacer =
+            Arc::new(Pacer::new(Limits { global_per_sec: 1.0, safety_margin: 0.0, ..Limits::default() }));
+        let gate = Gate::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&pacer), false, stop.clone()));
+        let t0 = Instant::now();
+        gate.acquire(t0).await.unwrap();
+        // This one gives up before its slot (at t0 + 1 s).
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), gate.acquire(t0)).await;
+        assert!(gave_up.is_err());
+        gate.acquire(t0).await.unwrap();
+        let waited = Instant::now() - t0;
+        assert!(waited <= Duration::from_millis(2100), "{waited:?}");
+        stop.cancel();
+    }
+}
