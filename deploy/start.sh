@@ -46,7 +46,8 @@ fi
 
 "$bin/tg-dispatcher" serve & pids+=($!)
 for i in $(seq 1 "$workers"); do
-  WORKER_NAME=worker-$i "$bin/tg-worker" & pids+=($!)
+  # Each worker gets its own admin port: 9091, 9092, …
+  WORKER_NAME=worker-$i WORKER_ADMIN_LISTEN=127.0.0.1:$((9090 + i)) "$bin/tg-worker" & pids+=($!)
 done
 
 api=http://$DISPATCHER_LISTEN
@@ -68,5 +69,5 @@ if [[ -n ${SANDBOX_LISTEN:-} ]]; then
   done
   echo "the sandbox received: $got"
 fi
-echo "tg-dispatch is running: dispatcher $api, $workers worker(s). Ctrl-C stops everything."
+echo "tg-dispatch is running: dispatcher $api, $workers worker(s) (admin ports 9091-$((9090 + workers))). Ctrl-C stops everything."
 wait

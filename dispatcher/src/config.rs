@@ -29,6 +29,8 @@ pub struct DispatcherConfig {
     pub publish_timeout: Duration,
     /// Time allowed to finish in-flight requests on shutdown (`SHUTDOWN_TIMEOUT_SECS`).
     pub shutdown_timeout: Duration,
+    /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
+    pub stall_warn: Duration,
     pub log_format: LogFormat,
 }
 
@@ -64,6 +66,10 @@ impl DispatcherConfig {
             api_keys,
             publish_timeout,
             shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", Duration::from_secs(25))?,
+            stall_warn: Duration::from_millis(env.parse_or(
+                "RUNTIME_STALL_WARN_MS",
+                shared::watchdog::DEFAULT_STALL_WARN.as_millis() as u64,
+            )?),
             log_format: LogFormat::from_env(env)?,
         })
     }

@@ -40,8 +40,30 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Counts every answer by route and status (`tg_http_requests_total`) and times it.
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = match request.uri().path() {
+        "/v1/messages" => "messages",
+        "/v1/messages/batch" => "batch",
+        "/healthz" | "/readyz" | "/metrics" => "probe",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("tg_http_requests_total", "route" => route, "status" => status).increment(1);
+    metrics::histogram!("tg_http_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared::metrics::render()).into_response()
 }
 
 /// Every way a request can fail, with its status and JSON body.

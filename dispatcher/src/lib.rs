@@ -34,6 +34,7 @@ impl Application {
     /// broker is down.
     pub async fn build(config: DispatcherConfig) -> anyhow::Result<Self> {
         config.check_listen_policy()?;
+        shared::metrics::install();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;
@@ -65,6 +66,10 @@ impl Application {
             tracing::warn!(%error, "broker not reachable yet; answering 503 until it is");
         }
         let publisher = Arc::clone(&self.state.publisher);
+        let watchdog_stop = tokio_util::sync::CancellationToken::new();
+        let stalls = Arc::new(shared::watchdog::StallStats::default());
+        let watchdog =
+            tokio::spawn(shared::watchdog::run(self.config.stall_warn, stalls, watchdog_stop.clone()));
         let graceful = shutdown.clone();
         let server = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(async move { graceful.requested().await });
@@ -80,6 +85,8 @@ impl Application {
             } => Err(anyhow::anyhow!("in-flight requests did not finish within {timeout:?}")),
         };
         publisher.close().await;
+        watchdog_stop.cancel();
+        let _ = watchdog.await;
         tracing::info!("dispatcher stopped");
         outcome
     }

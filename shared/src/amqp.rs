@@ -79,10 +79,45 @@ pub struct Outgoing<'a> {
     pub properties: BasicProperties,
 }
 
+/// Aborts a background task when dropped: ties a watcher's life to what it watches.
+#[derive(Debug)]
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Logs (once per transition) and meters the broker's flow control on `connection`: while a memory
+/// or disk alarm blocks it, the broker accepts nothing published on it. The watcher ends with the
+/// returned guard.
+pub fn watch_connection(connection: &Connection, name: &str) -> AbortOnDrop {
+    use futures_util::StreamExt;
+    let mut events = connection.events_listener();
+    let name = name.to_string();
+    AbortOnDrop(tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) => {
+                    metrics::gauge!("tg_amqp_blocked", "connection" => name.clone()).set(1.0);
+                    tracing::warn!(connection = %name, %reason, "the broker blocked this connection (resource alarm): publishing stalls until it is lifted");
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    metrics::gauge!("tg_amqp_blocked", "connection" => name.clone()).set(0.0);
+                    tracing::info!(connection = %name, "the broker unblocked this connection");
+                }
+                _ => {}
+            }
+        }
+    }))
+}
+
 /// A connection with its confirm channels; replaced whole when any part of it fails.
 struct Link {
     connection: Connection,
     channels: Vec<Channel>,
+    _watch: AbortOnDrop,
 }
 
 impl Link {
@@ -136,9 +171,16 @@ impl Publisher {
         &self.topology
     }
 
-    /// Whether the broker connection is usable now, connecting if needed (readiness probes).
+    /// Whether the broker connection is usable now, connecting if needed (readiness probes). A
+    /// connection the broker blocked (resource alarm) is not usable.
     pub async fn ensure_connected(&self) -> Result<(), PublishError> {
-        self.link().await.map(|_| ())
+        let link = self.link().await?;
+        if link.connection.status().blocked() {
+            return Err(PublishError::Unavailable(
+                "the broker is blocking publishes (resource alarm)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Publishes one message persistently, and returns only once the broker has
@@ -160,6 +202,7 @@ impl Publisher {
                 .await?;
             confirm.await
         };
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.confirm_timeout, publish).await {
             Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
             Ok(Err(e)) => Err(PublishError::Failed(e)),
@@ -169,8 +212,16 @@ impl Publisher {
             // Only on channels without confirm mode, which ours never are.
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
         };
-        if result.is_err() && !link.is_usable() {
-            self.discard(&link);
+        metrics::histogram!("tg_publish_seconds").record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            let reason = match error {
+                PublishError::Unavailable(_) => "unavailable",
+                PublishError::Timeout(_) => "timeout",
+                PublishError::Nacked => "nacked",
+                PublishError::Unroutable(_) => "unroutable",
+                PublishError::Failed(_) => "failed",
+            };
+            metrics::counter!("tg_publish_failures_total", "reason" => reason).increment(1);
         }
         result
     }
@@ -212,13 +263,6 @@ impl Publisher {
         self.lock_current().as_ref().filter(|link| link.is_usable()).cloned()
     }
 
-    fn discard(&self, failed: &Arc<Link>) {
-        let mut current = self.lock_current();
-        if current.as_ref().is_some_and(|link| Arc::ptr_eq(link, failed)) {
-            *current = None;
-        }
-    }
-
     async fn link(&self) -> Result<Arc<Link>, PublishError> {
         if let Some(link) = self.usable_link() {
             return Ok(link);
@@ -238,14 +282,15 @@ impl Publisher {
         }
         match self.open_link().await {
             Ok(link) => {
-                if state.failures > 0 {
+                let link = Arc::new(link);
+                let stale = self.lock_current().replace(link.clone());
+                if state.failures > 0 || stale.is_some() {
+                    metrics::counter!("tg_amqp_reconnects_total", "connection" => "publish").increment(1);
                     tracing::info!(connection = %self.connection_name, "broker connection restored");
                 } else {
                     tracing::debug!(connection = %self.connection_name, "broker connection opened");
                 }
                 *state = ReconnectState::default();
-                let link = Arc::new(link);
-                let stale = self.lock_current().replace(link.clone());
                 if let Some(stale) = stale {
                     let _ = stale.connection.close(200, "replaced".into()).await;
                 }
@@ -256,8 +301,10 @@ impl Publisher {
                 let delay = backoff_delay(state.failures, RECONNECT_BASE_DELAY, RECONNECT_MAX_DELAY);
                 state.retry_at = Some(Instant::now() + delay);
                 if state.failures == 1 {
+                    let had_link = self.lock_current().is_some();
+                    let what = if had_link { "broker connection lost" } else { "broker unreachable" };
                     tracing::warn!(connection = %self.connection_name, error = format!("{error:#}"),
-                        "broker unreachable; will keep retrying");
+                        "{what}; will keep retrying");
                 }
                 Err(PublishError::Unavailable(format!("{error:#}")))
             }
@@ -281,7 +328,10 @@ impl Publisher {
             anyhow::Ok(channels)
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-            Ok(Ok(channels)) => Ok(Link { connection, channels }),
+            Ok(Ok(channels)) => {
+                let watch = watch_connection(&connection, &self.connection_name);
+                Ok(Link { connection, channels, _watch: watch })
+            }
             Ok(Err(e)) => {
                 let _ = connection.close(200, "setup failed".into()).await;
                 Err(e)

@@ -6,9 +6,11 @@
 
 pub mod amqp;
 pub mod config;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod watchdog;
 pub mod wire;
 
 #[cfg(test)]

@@ -87,6 +87,7 @@ impl Scratch {
             ("TELEGRAM_BOT_TOKEN".into(), TOKEN.into()),
             ("TELEGRAM_API_URL".into(), sandbox.url()),
             ("WORKER_NAME".into(), "bench".into()),
+            ("WORKER_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
         ]);
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
@@ -123,7 +124,7 @@ pub async fn pacing(amqp_url: &str, n: usize) -> anyhow::Result<String> {
             Sandbox::start(SandboxConfig { limits: Some(SandboxLimits::telegram()), ..Default::default() }).await?;
         scratch.prefill((0..n).map(|i| message(1_000_000 + i as i64, "bench"))).await?;
         let shutdown = Shutdown::new();
-        let worker = Worker::build(scratch.worker_config(&sandbox, &[])?, shutdown.clone())?;
+        let worker = Worker::build(scratch.worker_config(&sandbox, &[])?, shutdown.clone()).await?;
         let running = tokio::spawn(worker.run());
         let budget = Duration::from_secs_f64(n as f64 / 30.0 * 1.5 + 30.0);
         let finished = wait_until(budget, || sandbox.stats().accepted as usize >= n).await;
@@ -160,7 +161,7 @@ pub async fn head_of_line(amqp_url: &str, busy: usize, others: usize) -> anyhow:
         scratch.prefill(bodies).await?;
         let started = Instant::now();
         let shutdown = Shutdown::new();
-        let worker = Worker::build(scratch.worker_config(&sandbox, &[])?, shutdown.clone())?;
+        let worker = Worker::build(scratch.worker_config(&sandbox, &[])?, shutdown.clone()).await?;
         let running = tokio::spawn(worker.run());
         let others_done = |s: &Sandbox| s.received().iter().filter(|m| m.chat_id != "42").count() >= others;
         let budget = Duration::from_secs_f64(others as f64 / 30.0 * 2.0 + 30.0);

@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod faultproxy;
 pub mod sandbox;

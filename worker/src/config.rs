@@ -23,6 +23,8 @@ pub const DEFAULT_RETRY_MAX_AGE: Duration = Duration::from_secs(86_400);
 /// Longest wait a delivery is held in memory for pacing; longer waits park it in a delay queue
 /// (`RATE_MAX_HOLD_SECS`). Far below RabbitMQ's 30-minute consumer timeout.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(10);
+/// Where the admin server listens when `WORKER_ADMIN_LISTEN` is unset.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Timeout of one Bot API call (`TELEGRAM_TIMEOUT_SECS`).
 pub const DEFAULT_TELEGRAM_TIMEOUT: Duration = Duration::from_secs(17);
 
@@ -43,6 +45,10 @@ pub struct WorkerConfig {
     pub retry_max_age: Duration,
     pub max_hold: Duration,
     pub telegram_timeout: Duration,
+    /// Where the admin server listens (`WORKER_ADMIN_LISTEN`; `off` disables it).
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
+    pub stall_warn: Duration,
     pub log_format: LogFormat,
     /// How this instance names itself in logs and in its broker connections (`WORKER_NAME`,
     /// default the host name).
@@ -110,9 +116,26 @@ impl WorkerConfig {
         if telegram_timeout.is_zero() {
             return Err(ConfigError::new("TELEGRAM_TIMEOUT_SECS", "must be at least 1"));
         }
+        let admin_listen = match env.non_empty("WORKER_ADMIN_LISTEN").as_deref() {
+            Some("off") => None,
+            other => {
+                let raw = other.unwrap_or(DEFAULT_ADMIN_LISTEN);
+                Some(raw.parse().map_err(|_| {
+                    ConfigError::new(
+                        "WORKER_ADMIN_LISTEN",
+                        format!("{raw:?} is not an ip:port address or off"),
+                    )
+                })?)
+            }
+        };
+        let stall_warn = Duration::from_millis(
+            env.parse_or("RUNTIME_STALL_WARN_MS", shared::watchdog::DEFAULT_STALL_WARN.as_millis() as u64)?,
+        );
         Ok(Self {
             amqp,
             bots,
+            admin_listen,
+            stall_warn,
             telegram_api_url,
             prefetch,
             shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,

@@ -7,6 +7,7 @@
 //! is lost. The runtime is the caller's: this library never builds one, never blocks on one.
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod classify;
 pub mod config;
 pub mod gate;
@@ -142,21 +143,32 @@ pub(crate) struct Inner {
 pub struct Worker {
     inner: Arc<Inner>,
     parking: tokio::sync::mpsc::UnboundedReceiver<Parking>,
+    admin: Option<tokio::net::TcpListener>,
 }
 
 impl Worker {
     /// Builds the Telegram client (one connection pool for every bot) and the publisher. Must be
     /// called inside the runtime; connects to nothing yet.
-    pub fn build(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
-        Self::build_with_hook(config, shutdown, None)
+    pub async fn build(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        Self::build_with_hook(config, shutdown, None).await
     }
 
     /// [`Worker::build`] with a hook called before every send (fault-injection tests only).
-    pub fn build_with_hook(
+    pub async fn build_with_hook(
         config: WorkerConfig,
         shutdown: Shutdown,
         before_send: Option<BeforeSend>,
     ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        shared::metrics::install();
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("failed to listen on WORKER_ADMIN_LISTEN={addr}"))?,
+            ),
+            None => None,
+        };
         let telegram = Telegram::new(
             &config.bots,
             &config.telegram_api_url,
@@ -190,13 +202,26 @@ impl Worker {
             consuming: AtomicBool::new(false),
             config,
         };
-        Ok(Self { inner: Arc::new(inner), parking })
+        Ok(Self { inner: Arc::new(inner), parking, admin })
+    }
+
+    /// The admin server's address, if it is enabled (port 0 in tests picks a free one).
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     /// Consumes until shutdown, then drains: stop taking deliveries, let started sends finish and
     /// be acked, return the rest to the queue, close cleanly. Reconnects on connection loss.
     pub async fn run(self) -> anyhow::Result<RunSummary> {
-        let Worker { inner, parking } = self;
+        let Worker { inner, parking, admin } = self;
+        // Helpers that live as long as `run`, outside the delivery tracker so the drain does not
+        // wait for them: the admin server and the stall watchdog.
+        let helpers_stop = tokio_util::sync::CancellationToken::new();
+        let admin = admin
+            .map(|listener| tokio::spawn(admin::serve(listener, Arc::clone(&inner), helpers_stop.clone())));
+        let stalls = Arc::new(shared::watchdog::StallStats::default());
+        let watchdog =
+            tokio::spawn(shared::watchdog::run(inner.config.stall_warn, stalls, helpers_stop.clone()));
         inner.tracker.spawn(process::run_parking(Arc::clone(&inner), parking));
         for bot in inner.bots.values() {
             for paid in [false, true] {
@@ -205,7 +230,13 @@ impl Worker {
             }
         }
         let session = Session { inner };
-        session.run().await
+        let result = session.run().await;
+        helpers_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        let _ = watchdog.await;
+        result
     }
 }
 
@@ -284,7 +315,9 @@ impl Session {
             )
             .await
             .context("failed to start consuming")?;
+        let _watch = shared::amqp::watch_connection(&connection, &name);
         if *failures > 0 {
+            metrics::counter!("tg_amqp_reconnects_total", "connection" => "consume").increment(1);
             tracing::info!("broker connection restored; consuming again");
         }
         *failures = 0;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     #[allow(clippy::disallowed_methods)]
     let result = runtime.block_on(async {
         let shutdown = Shutdown::from_signals()?;
-        Worker::build(config, shutdown)?.run().await
+        Worker::build(config, shutdown).await?.run().await
     });
     // Sends still running after a timed-out drain are abandoned; their deliveries are requeued.
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -41,6 +41,9 @@ pub(crate) const BAD_TOKEN_RECHECK: Duration = Duration::from_secs(30);
 /// First retry delay; doubles per failed attempt, with ±50 % jitter, up to [`RETRY_MAX_DELAY`].
 const RETRY_BASE_DELAY: Duration = Duration::from_secs(1);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(900);
+/// Attempts and spacing for publishing a delivery event while the broker connection recovers.
+const EVENT_PUBLISH_ATTEMPTS: u32 = 10;
+const EVENT_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How many recently delivered request ids are remembered to suppress duplicate sends.
 const RECENT_IDS: usize = 50_000;
 
@@ -665,9 +668,23 @@ async fn publish_event(inner: &Inner, event: Event) {
         body: body.as_bytes(),
         properties,
     };
-    if let Err(error) = inner.publisher.publish(outgoing).await {
-        metrics::counter!("tg_events_lost_total").increment(1);
-        tracing::warn!(%error, routing_key = %event.routing_key, "could not publish a delivery event");
+    // Through a short broker outage (a reconnect in progress) keep trying for a few seconds; past
+    // that the event is dropped and counted — the request itself is already settled.
+    let mut attempt = 0;
+    loop {
+        match inner.publisher.publish(outgoing.clone()).await {
+            Ok(()) => return,
+            Err(error) if attempt < EVENT_PUBLISH_ATTEMPTS && !inner.shutdown.is_triggered() => {
+                attempt += 1;
+                tracing::debug!(%error, attempt, "retrying a delivery event");
+                tokio::time::sleep(EVENT_RETRY_DELAY).await;
+            }
+            Err(error) => {
+                metrics::counter!("tg_events_lost_total").increment(1);
+                tracing::warn!(%error, routing_key = %event.routing_key, "could not publish a delivery event");
+                return;
+            }
+        }
     }
 }
 

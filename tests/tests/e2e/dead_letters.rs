@@ -11,7 +11,7 @@ use crate::helpers::{send, TestEnv};
 async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     let env = TestEnv::new().await;
     env.sandbox.set_chat("61", Some(ChatBehaviour::Blocked));
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     send(&env, "blocked-1", json!({"chat_id": 61, "text": "x"})).await;
     send(&env, "blocked-2", json!({"chat_id": 61, "text": "y"})).await;
     env.publish_raw(b"garbage", Default::default()).await;

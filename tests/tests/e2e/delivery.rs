@@ -10,7 +10,7 @@ use crate::helpers::{header, TestEnv};
 #[tokio::test]
 async fn a_request_posted_over_http_reaches_the_chat_with_exactly_that_text() {
     let env = TestEnv::new().await;
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
 
     let text = "héllo from the e2e suite <b>bold</b>";
@@ -38,7 +38,7 @@ async fn a_request_posted_over_http_reaches_the_chat_with_exactly_that_text() {
 #[tokio::test]
 async fn raw_json_published_straight_to_the_exchange_is_delivered() {
     let env = TestEnv::new().await;
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     // What a Python or Node producer sends: no id, no bot, just the document.
     let body = br#"{"method":"sendMessage","params":{"chat_id":-100777,"text":"from python"}}"#;
     let properties =
@@ -53,7 +53,7 @@ async fn raw_json_published_straight_to_the_exchange_is_delivered() {
 #[tokio::test]
 async fn a_malformed_body_is_dead_lettered_with_a_reason_and_the_worker_keeps_going() {
     let env = TestEnv::new().await;
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     env.publish_raw(b"this is not json", BasicProperties::default().with_message_id("bad-1".into())).await;
     env.publish_raw(
         br#"{"method":"sendMessage","params":{"chat_id":5,"text":"x","colour":"red"}}"#,
@@ -86,7 +86,7 @@ async fn a_malformed_body_is_dead_lettered_with_a_reason_and_the_worker_keeps_go
 #[tokio::test]
 async fn an_unknown_bot_alias_is_dead_lettered_not_sent() {
     let env = TestEnv::new().await;
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     env.publish_raw(
         br#"{"bot":"nosuchbot","method":"sendMessage","params":{"chat_id":7,"text":"x"}}"#,
         BasicProperties::default(),
@@ -104,7 +104,7 @@ async fn an_unknown_bot_alias_is_dead_lettered_not_sent() {
 async fn a_chat_that_blocked_the_bot_is_dead_lettered_with_telegrams_reason() {
     let env = TestEnv::new().await;
     env.sandbox.set_chat("99", Some(ChatBehaviour::Blocked));
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     env.publish_raw(
         br#"{"method":"sendMessage","params":{"chat_id":99,"text":"x"}}"#,
         BasicProperties::default(),
@@ -122,7 +122,7 @@ async fn a_chat_that_blocked_the_bot_is_dead_lettered_with_telegrams_reason() {
 async fn a_migrated_group_is_resent_to_its_supergroup() {
     let env = TestEnv::new().await;
     env.sandbox.set_chat("-555", Some(ChatBehaviour::Migrate { migrate_to_chat_id: -1005550000000001 }));
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     env.publish_raw(
         br#"{"method":"sendMessage","params":{"chat_id":-555,"text":"moved"}}"#,
         BasicProperties::default(),
@@ -137,7 +137,7 @@ async fn a_migrated_group_is_resent_to_its_supergroup() {
 #[tokio::test]
 async fn photos_and_documents_are_delivered_with_their_captions() {
     let env = TestEnv::new().await;
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
     for request in [
         json!({"method": "sendPhoto", "params": {"chat_id": 31, "photo": "https://example.com/cat.jpg", "caption": "cat"}}),
@@ -163,7 +163,7 @@ async fn messages_for_one_chat_arrive_in_the_order_they_were_queued() {
         let other = json!({"method": "sendMessage", "params": {"chat_id": 1000 + n, "text": "x"}});
         env.publish_raw(other.to_string().as_bytes(), BasicProperties::default()).await;
     }
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     let received = env.delivered_to("8", 40).await;
     let texts: Vec<String> = received.iter().filter_map(|r| r.text.clone()).collect();
     let expected: Vec<String> = (0..40).map(|n| format!("m{n}")).collect();

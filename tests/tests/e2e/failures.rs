@@ -20,7 +20,7 @@ async fn transient_failures_are_retried_through_delay_queues_then_delivered() {
     let env = TestEnv::new().await;
     let mut events = env.tap_events().await;
     env.sandbox.set_faults(fail_next(2, FaultKind::Error500));
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     let id = send(&env, "flaky-1", json!({"chat_id": 11, "text": "eventually"})).await;
 
     env.delivered_to("11", 1).await;
@@ -42,7 +42,7 @@ async fn transient_failures_are_retried_through_delay_queues_then_delivered() {
 async fn answers_that_are_not_json_and_hung_calls_are_transient() {
     let env = TestEnv::new().await;
     env.sandbox.set_faults(fail_next(1, FaultKind::NonJson));
-    let worker = env.spawn_worker_with(env.worker_config_with(&[("TELEGRAM_TIMEOUT_SECS", "1")]));
+    let worker = env.spawn_worker_with(env.worker_config_with(&[("TELEGRAM_TIMEOUT_SECS", "1")])).await;
     send(&env, "gateway", json!({"chat_id": 12, "text": "x"})).await;
     env.delivered_to("12", 1).await;
     env.sandbox.set_faults(fail_next(1, FaultKind::Hang));
@@ -57,7 +57,7 @@ async fn retries_are_bounded_then_the_last_error_is_dead_lettered() {
     let env = TestEnv::new().await;
     let mut events = env.tap_events().await;
     env.sandbox.set_faults(fail_next(100, FaultKind::Error500));
-    let worker = env.spawn_worker_with(env.worker_config_with(&[("RETRY_MAX_ATTEMPTS", "2")]));
+    let worker = env.spawn_worker_with(env.worker_config_with(&[("RETRY_MAX_ATTEMPTS", "2")])).await;
     let id = send(&env, "doomed", json!({"chat_id": 14, "text": "x"})).await;
 
     let dead = env.next_dead_letter().await;
@@ -76,7 +76,7 @@ async fn a_429_is_obeyed_and_not_counted_as_a_failed_attempt() {
     let env = TestEnv::new().await;
     let mut events = env.tap_events().await;
     env.sandbox.set_faults(fail_next(1, FaultKind::TooManyRequests));
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     let id = send(&env, "flooded", json!({"chat_id": 15, "text": "x"})).await;
     let delivered = events.wait_for(&id, "delivered").await;
     assert_eq!(delivered["attempts"], json!(1), "a flood wait is not a failed attempt");
@@ -91,7 +91,7 @@ async fn permanent_errors_are_dead_lettered_at_once_with_a_failed_event() {
     let env = TestEnv::new().await;
     let mut events = env.tap_events().await;
     env.sandbox.set_chat("21", Some(ChatBehaviour::NotFound));
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     let gone = send(&env, "gone", json!({"chat_id": 21, "text": "x"})).await;
     let failed = events.wait_for(&gone, "failed").await;
     assert_eq!(
@@ -115,7 +115,7 @@ async fn a_migrated_group_is_reported_with_its_new_id_in_the_event() {
     let env = TestEnv::new().await;
     let mut events = env.tap_events().await;
     env.sandbox.set_chat("-31", Some(ChatBehaviour::Migrate { migrate_to_chat_id: -1003100000000 }));
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     let body = json!({"id": "mig", "method": "sendMessage", "params": {"chat_id": -31, "text": "x"},
         "metadata": {"order": 7}});
     env.publish_raw(body.to_string().as_bytes(), Default::default()).await;
@@ -135,7 +135,7 @@ async fn a_refused_token_keeps_its_messages_queued_and_burns_none() {
     let env =
         TestEnv::with_sandbox(SandboxConfig { tokens: Some(vec!["999:other".into()]), ..Default::default() })
             .await;
-    let worker = env.spawn_worker();
+    let worker = env.spawn_worker().await;
     send(&env, "kept-0", json!({"chat_id": 40, "text": "x"})).await;
     eventually("the first one refused and parked", DEADLINE, || async {
         (env.parked().await == 1).then_some(())

@@ -84,6 +84,7 @@ impl TestEnv {
             ("WORKER_PREFETCH", "64".to_string()),
             ("SHUTDOWN_TIMEOUT_SECS", "10".to_string()),
             ("WORKER_NAME", format!("{}-worker", self.prefix)),
+            ("WORKER_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
             // Far above Telegram's, so tests of other rules are not slowed by pacing; pacing tests
             // set their own.
             ("RATE_GLOBAL_PER_SEC", "5000".to_string()),
@@ -109,14 +110,12 @@ impl TestEnv {
     }
 
     /// Runs a worker library in this process until its handle stops it.
-    pub fn spawn_worker(&self) -> WorkerHandle {
-        self.spawn_worker_with(self.worker_config())
+    pub async fn spawn_worker(&self) -> WorkerHandle {
+        self.spawn_worker_with(self.worker_config()).await
     }
 
-    pub fn spawn_worker_with(&self, config: WorkerConfig) -> WorkerHandle {
-        let shutdown = Shutdown::new();
-        let worker = Worker::build(config, shutdown.clone()).expect("worker builds");
-        WorkerHandle { shutdown, task: tokio::spawn(worker.run()) }
+    pub async fn spawn_worker_with(&self, config: WorkerConfig) -> WorkerHandle {
+        spawn_worker_hooked(config, None).await
     }
 
     /// The dispatcher's environment for this test, with `extra` on top.
@@ -299,9 +298,19 @@ pub async fn send(env: &TestEnv, id: &str, params: serde_json::Value) -> String 
     id.to_string()
 }
 
+/// Runs a worker library in this process with a hook called before every send.
+pub async fn spawn_worker_hooked(config: WorkerConfig, hook: Option<worker::BeforeSend>) -> WorkerHandle {
+    let shutdown = Shutdown::new();
+    let worker = Worker::build_with_hook(config, shutdown.clone(), hook).await.expect("worker builds");
+    let admin = worker.admin_addr();
+    WorkerHandle { shutdown, admin, task: tokio::spawn(worker.run()) }
+}
+
 /// A worker running in this process.
 pub struct WorkerHandle {
     pub shutdown: Shutdown,
+    /// The admin server's address.
+    pub admin: Option<SocketAddr>,
     pub task: JoinHandle<anyhow::Result<RunSummary>>,
 }
 

@@ -12,4 +12,5 @@ mod delivery;
 mod dispatcher_api;
 mod failures;
 mod helpers;
+mod lifecycle;
 mod pacing;

@@ -35,12 +35,14 @@ async fn the_worker_stays_inside_every_limit_the_sandbox_enforces() {
     for n in 0..20 {
         send(&env, &format!("group-{n}"), json!({"chat_id": -4242, "text": format!("g{n}")})).await;
     }
-    let worker = env.spawn_worker_with(env.worker_config_with(&[
-        ("RATE_GLOBAL_PER_SEC", "300"),
-        ("RATE_CHAT_PER_SEC", "20"),
-        ("RATE_GROUP_PER_MIN", "600"),
-        ("WORKER_PREFETCH", "256"),
-    ]));
+    let worker = env
+        .spawn_worker_with(env.worker_config_with(&[
+            ("RATE_GLOBAL_PER_SEC", "300"),
+            ("RATE_CHAT_PER_SEC", "20"),
+            ("RATE_GROUP_PER_MIN", "600"),
+            ("WORKER_PREFETCH", "256"),
+        ]))
+        .await;
 
     let busy = env.delivered_to("77", 30).await;
     let group = env.delivered_to("-4242", 20).await;
@@ -72,12 +74,14 @@ async fn a_busy_chat_never_holds_up_other_chats_and_drains_in_order_through_dela
     for chat in 0..100 {
         send(&env, &format!("other-{chat}"), json!({"chat_id": 1000 + chat, "text": "x"})).await;
     }
-    let worker = env.spawn_worker_with(env.worker_config_with(&[
-        ("RATE_GLOBAL_PER_SEC", "100"),
-        ("RATE_CHAT_PER_SEC", "10"),
-        ("WORKER_PREFETCH", "20"),
-        ("RATE_MAX_HOLD_SECS", "1"),
-    ]));
+    let worker = env
+        .spawn_worker_with(env.worker_config_with(&[
+            ("RATE_GLOBAL_PER_SEC", "100"),
+            ("RATE_CHAT_PER_SEC", "10"),
+            ("WORKER_PREFETCH", "20"),
+            ("RATE_MAX_HOLD_SECS", "1"),
+        ]))
+        .await;
 
     let busy = env.delivered_to("5", 60).await;
     let received = env.sandbox.received();
@@ -114,9 +118,11 @@ async fn paid_broadcasts_use_their_own_budget() {
         .await;
     }
     send(&env, "unpaid", json!({"chat_id": 1, "text": "x"})).await;
-    let worker = env.spawn_worker_with(
-        env.worker_config_with(&[("RATE_GLOBAL_PER_SEC", "5"), ("RATE_PAID_PER_SEC", "1000")]),
-    );
+    let worker = env
+        .spawn_worker_with(
+            env.worker_config_with(&[("RATE_GLOBAL_PER_SEC", "5"), ("RATE_PAID_PER_SEC", "1000")]),
+        )
+        .await;
     env.delivered_to("1", 1).await;
     crate::helpers::eventually("100 paid delivered", crate::helpers::DEADLINE, || async {
         (env.sandbox.stats().accepted >= 101).then_some(())

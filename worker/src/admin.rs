@@ -1,0 +1,59 @@
+//! The worker's admin HTTP server (`WORKER_ADMIN_LISTEN`, default 127.0.0.1:9090): `/healthz`
+//! (the process is alive), `/readyz` (consuming, and Telegram accepts every bot's token) and
+//! `/metrics` (Prometheus text). It never touches deliveries.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Inner;
+
+pub(crate) async fn serve(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(inner);
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    if let Err(error) = served.await {
+        tracing::error!(%error, "the admin server failed");
+    }
+}
+
+async fn healthz(State(inner): State<Arc<Inner>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "instance": inner.config.instance}))
+}
+
+async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
+    let consuming = inner.consuming.load(Ordering::Relaxed);
+    let bots: serde_json::Map<String, serde_json::Value> = inner
+        .bots
+        .iter()
+        .map(|(alias, bot)| {
+            let state = if bot.token_refused() { "token refused by Telegram" } else { "ok" };
+            (alias.clone(), state.into())
+        })
+        .collect();
+    let ready = consuming && bots.values().all(|state| state == "ok");
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "consuming": consuming,
+        "bots": bots,
+        "instance": inner.config.instance,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    let text = shared::metrics::render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
