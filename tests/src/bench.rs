@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -189,4 +190,385 @@ pub async fn head_of_line(amqp_url: &str, busy: usize, others: usize) -> anyhow:
     .await;
     scratch.cleanup().await;
     outcome
+}
+
+/// Options of the performance benchmark.
+#[derive(Debug, Clone)]
+pub struct PerfOptions {
+    /// Messages per throughput measurement.
+    pub n: usize,
+    /// Concurrent HTTP clients for the dispatcher measurement.
+    pub clients: usize,
+    /// Worker prefetch.
+    pub prefetch: u16,
+    /// Bytes of message text.
+    pub size: usize,
+    /// Path of the worker binary (RSS and idle CPU are measured on its process).
+    pub worker_binary: std::path::PathBuf,
+    /// Seconds of the light-load latency run (at 100 requests/s) and of the idle CPU sample.
+    pub light_secs: u64,
+}
+
+struct Row {
+    label: String,
+    value: String,
+    ratio: String,
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn body_of_size(chat_id: i64, size: usize) -> Vec<u8> {
+    message(chat_id, &"x".repeat(size.max(1)))
+}
+
+/// (1a) Publishes `n` messages with confirms, as fast as the broker takes them (a window of 1000
+/// unconfirmed), on the product's quorum queue.
+async fn raw_publish(scratch: &Scratch, n: usize, size: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    scratch.prefill((0..n).map(|i| body_of_size(i as i64 + 1, size))).await?;
+    Ok(started.elapsed())
+}
+
+/// (1b) Consumes and acks `n` prefilled messages with a plain lapin consumer (one ack each).
+async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16) -> anyhow::Result<Duration> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let connection = connect(&scratch.settings, "tg-bench raw consume").await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            scratch.topology.send_queue().into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut count = 0;
+    while count < n {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .context("raw consumer stalled")?
+            .context("consumer closed")??;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        count += 1;
+    }
+    let elapsed = started.elapsed();
+    let _ = connection.close(200, "done".into()).await;
+    Ok(elapsed)
+}
+
+async fn purge(scratch: &Scratch) -> anyhow::Result<()> {
+    scratch.channel.queue_purge(scratch.topology.send_queue().into(), Default::default()).await?;
+    Ok(())
+}
+
+/// (2) `n` POSTs from `clients` concurrent keep-alive clients; returns elapsed and latencies.
+async fn dispatcher_ingress(
+    scratch: &Scratch,
+    n: usize,
+    clients: usize,
+    size: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let dispatcher = start_dispatcher(scratch).await?;
+    let url = format!("http://{}/v1/messages", dispatcher.addr);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (url, next) = (url.clone(), Arc::clone(&next));
+        let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(latencies);
+                }
+                let body = body_of_size(i as i64 + 1, size);
+                let sent = Instant::now();
+                let response =
+                    http.post(&url).header("content-type", "application/json").body(body).send().await?;
+                anyhow::ensure!(response.status() == 202, "dispatcher answered {}", response.status());
+                latencies.push(sent.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    dispatcher.stop().await;
+    latencies.sort();
+    Ok((elapsed, latencies))
+}
+
+struct RunningDispatcher {
+    addr: std::net::SocketAddr,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningDispatcher {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = self.task.await;
+    }
+}
+
+async fn start_dispatcher(scratch: &Scratch) -> anyhow::Result<RunningDispatcher> {
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("AMQP_URL", scratch.amqp_url.as_str()),
+        ("QUEUE_PREFIX", scratch.topology.prefix()),
+        ("DISPATCHER_LISTEN", "127.0.0.1:0"),
+    ]);
+    let config = dispatcher::DispatcherConfig::from_env(&env)?;
+    let app = dispatcher::Application::build(config).await?;
+    let addr = app.local_addr()?;
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    Ok(RunningDispatcher { addr, shutdown, task })
+}
+
+/// A worker process under measurement.
+struct WorkerProcess {
+    child: tokio::process::Child,
+}
+
+impl WorkerProcess {
+    fn start(
+        binary: &std::path::Path,
+        scratch: &Scratch,
+        sandbox: &Sandbox,
+        prefetch: u16,
+    ) -> anyhow::Result<Self> {
+        let child = tokio::process::Command::new(binary)
+            .env_clear()
+            .env("AMQP_URL", &scratch.amqp_url)
+            .env("QUEUE_PREFIX", scratch.topology.prefix())
+            .env("TELEGRAM_BOT_TOKEN", TOKEN)
+            .env("TELEGRAM_API_URL", sandbox.url())
+            .env("WORKER_PREFETCH", prefetch.to_string())
+            .env("WORKER_ADMIN_LISTEN", "off")
+            .env("WORKER_NAME", "bench")
+            // Limits off: the machinery, not Telegram's budget, is measured.
+            .env("RATE_GLOBAL_PER_SEC", "1000000")
+            .env("RATE_CHAT_PER_SEC", "1000000")
+            .env("RATE_GROUP_PER_MIN", "60000000")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        Ok(Self { child })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    /// CPU time used so far (user + system), from /proc.
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports in clock ticks of 1/100 s (USER_HZ) on every mainstream configuration.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+/// (3) Prefills `n` requests to distinct chats and times one worker process delivering them all.
+async fn worker_throughput(
+    scratch: &Scratch,
+    options: &PerfOptions,
+    latency: Duration,
+    prefetch: u16,
+) -> anyhow::Result<(Duration, Option<f64>, Option<f64>)> {
+    let sandbox = Sandbox::start(SandboxConfig { latency, ..Default::default() }).await?;
+    scratch.prefill((0..options.n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
+    let worker = WorkerProcess::start(&options.worker_binary, scratch, &sandbox, prefetch)?;
+    let started = Instant::now();
+    let finished =
+        wait_until(Duration::from_secs(300), || sandbox.stats().accepted as usize >= options.n).await;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(finished, "the worker delivered {} of {}", sandbox.stats().accepted, options.n);
+    let rss = worker.peak_rss_mib();
+    // Idle CPU: the backlog is done; sample the process's CPU time while nothing arrives.
+    let idle_cpu = if latency.is_zero() && prefetch == options.prefetch {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = worker.cpu_time();
+        tokio::time::sleep(Duration::from_secs(options.light_secs)).await;
+        match (before, worker.cpu_time()) {
+            (Some(a), Some(b)) => Some((b - a).as_secs_f64() / options.light_secs as f64 * 100.0),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    worker.stop().await;
+    Ok((elapsed, rss, idle_cpu))
+}
+
+/// (4) Light load through the whole product: HTTP accept → sandbox received, 100 requests/s.
+async fn end_to_end_latency(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<Vec<Duration>> {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await?;
+    let worker = WorkerProcess::start(&options.worker_binary, scratch, &sandbox, options.prefetch)?;
+    let dispatcher = start_dispatcher(scratch).await?;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/messages", dispatcher.addr);
+    // Let the worker connect and start consuming before measuring.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let total = (options.light_secs * 100) as usize;
+    let mut sent_at = HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    for i in 0..total {
+        ticker.tick().await;
+        let text = format!("lat-{i}");
+        let body = serde_json::json!({"method": "sendMessage", "params": {"chat_id": 5_000_000 + i as i64, "text": text}});
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
+        let status = http.post(&url).json(&body).send().await?.status();
+        anyhow::ensure!(status == 202, "dispatcher answered {status}");
+        sent_at.insert(text, at);
+    }
+    wait_until(Duration::from_secs(30), || sandbox.stats().accepted as usize >= total).await;
+    let mut latencies: Vec<Duration> = sandbox
+        .received()
+        .iter()
+        .filter_map(|m| {
+            let sent = sent_at.get(m.text.as_deref()?)?;
+            Some(Duration::from_micros(m.received_at_us.saturating_sub(*sent)))
+        })
+        .collect();
+    dispatcher.stop().await;
+    worker.stop().await;
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// The performance benchmark: the broker's own ceiling and the product measured against it in
+/// one run, on one machine. Prints one table.
+pub async fn perf(amqp_url: &str, options: &PerfOptions) -> anyhow::Result<String> {
+    let scratch = Scratch::new(amqp_url).await?;
+    let outcome = perf_rows(&scratch, options).await;
+    scratch.cleanup().await;
+    let rows = outcome?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "perf: N={} clients={} prefetch={} text={} B, quorum queues, one run",
+        options.n, options.clients, options.prefetch, options.size
+    )?;
+    writeln!(out, "  {:<58} {:>16} {:>12}", "measurement", "result", "vs ceiling")?;
+    for row in rows {
+        writeln!(out, "  {:<58} {:>16} {:>12}", row.label, row.value, row.ratio)?;
+    }
+    Ok(out)
+}
+
+async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<Vec<Row>> {
+    let n = options.n;
+    let mut rows = Vec::new();
+    let row = |label: &str, value: String, ratio: String| Row { label: label.to_string(), value, ratio };
+
+    let publish = rate(n, raw_publish(scratch, n, options.size).await?);
+    rows.push(row(
+        "1a raw lapin publish + confirm (window 1000)",
+        format!("{publish:.0} msg/s"),
+        "ceiling".into(),
+    ));
+    let consume = rate(n, raw_consume(scratch, n, options.prefetch).await?);
+    rows.push(row("1b raw lapin consume + ack", format!("{consume:.0} msg/s"), "ceiling".into()));
+    purge(scratch).await?;
+
+    let (elapsed, latencies) = dispatcher_ingress(scratch, n, options.clients, options.size).await?;
+    let ingress = rate(n, elapsed);
+    rows.push(row(
+        &format!("2  dispatcher POST /v1/messages, {} keep-alive clients", options.clients),
+        format!("{ingress:.0} req/s"),
+        format!("{:.2} of 1a", ingress / publish),
+    ));
+    rows.push(row(
+        "   latency p50 / p99",
+        format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
+        String::new(),
+    ));
+    purge(scratch).await?;
+
+    let (elapsed, rss, idle_cpu) =
+        worker_throughput(scratch, options, Duration::ZERO, options.prefetch).await?;
+    let instant = rate(n, elapsed);
+    rows.push(row(
+        "3a worker, instant sandbox, limits off",
+        format!("{instant:.0} msg/s"),
+        format!("{:.2} of 1b", instant / consume),
+    ));
+    let (elapsed, _, _) =
+        worker_throughput(scratch, options, Duration::from_millis(50), options.prefetch).await?;
+    let slow = rate(n, elapsed);
+    let little = f64::from(options.prefetch) / 0.05;
+    rows.push(row(
+        &format!("3b worker, sandbox +50 ms per call (Little's law: {little:.0}/s)"),
+        format!("{slow:.0} msg/s"),
+        format!("{:.2} of Little", slow / little),
+    ));
+    purge(scratch).await?;
+
+    let latencies = end_to_end_latency(scratch, options).await?;
+    rows.push(row(
+        "4  end to end at 100 req/s, HTTP accept → sandbox, p50 / p99",
+        format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
+        String::new(),
+    ));
+    purge(scratch).await?;
+
+    let (_, rss_1000, _) = worker_throughput(scratch, options, Duration::ZERO, 1000).await?;
+    rows.push(row(
+        &format!("5  worker peak RSS during 3a (prefetch {})", options.prefetch),
+        rss.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
+        String::new(),
+    ));
+    rows.push(row(
+        "   worker peak RSS, same run at prefetch 1000",
+        rss_1000.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
+        String::new(),
+    ));
+    rows.push(row(
+        &format!("   worker CPU while idle ({} s sample)", options.light_secs),
+        idle_cpu.map(|c| format!("{c:.2} %")).unwrap_or_else(|| "n/a".into()),
+        String::new(),
+    ));
+    Ok(rows)
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }

@@ -107,6 +107,8 @@ pub struct Received {
     pub params: Map<String, Value>,
     /// Milliseconds since the Unix epoch.
     pub received_at_ms: u64,
+    /// Microseconds since the Unix epoch (for latency measurements).
+    pub received_at_us: u64,
 }
 
 #[derive(Default)]
@@ -652,6 +654,7 @@ fn send(state: &SandboxState, bot_id: &str, method: &str, params: Map<String, Va
         text,
         params,
         received_at_ms: now.as_millis() as u64,
+        received_at_us: now.as_micros() as u64,
     });
     state.counters.accepted.fetch_add(1, Ordering::Relaxed);
     lock(&state.accepted_at).push(now.as_micros() as u64);

@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pacing::Pacer;
 
+/// Resolution of tokio's timer.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
 struct Waiter {
     priority: Instant,
     seq: u64,
@@ -104,7 +107,10 @@ impl Gate {
                 }
             }
             let slot = pacer.reserve_global(paid, Instant::now());
-            if slot > Instant::now() {
+            // The timer has millisecond resolution: a sleep for less would cost a whole tick per
+            // grant and cap a fast budget near 1000/s. Granting up to a tick early is harmless —
+            // the departure window still holds every one-second count.
+            if slot > Instant::now() + TIMER_RESOLUTION {
                 tokio::select! {
                     _ = tokio::time::sleep_until(slot) => {}
                     _ = stop.cancelled() => return,

@@ -330,7 +330,9 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             return;
         }
         let waited = async {
-            tokio::time::sleep_until(chat_ready).await;
+            if chat_ready > Instant::now() {
+                tokio::time::sleep_until(chat_ready).await;
+            }
             gate.acquire(job.received).await
         };
         let wait_started = Instant::now();

@@ -22,6 +22,28 @@ enum Scenario {
         #[arg(long, default_value_t = 600)]
         n: usize,
     },
+    /// The product against the broker's own ceiling: raw lapin, dispatcher ingress, worker
+    /// throughput (instant and +50 ms Telegram), end-to-end latency, worker RSS and idle CPU.
+    Perf {
+        /// Messages per throughput measurement.
+        #[arg(long, default_value_t = 20_000)]
+        n: usize,
+        /// Concurrent HTTP clients against the dispatcher.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Worker prefetch.
+        #[arg(long, default_value_t = 256)]
+        prefetch: u16,
+        /// Message text size in bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Seconds of the light-load latency run and of the idle CPU sample.
+        #[arg(long, default_value_t = 5)]
+        light_secs: u64,
+        /// The worker binary to measure (default: tg-worker next to this binary).
+        #[arg(long)]
+        worker: Option<std::path::PathBuf>,
+    },
     /// One busy chat queued before many others: do the others wait?
     HeadOfLine {
         #[arg(long, default_value_t = 300)]
@@ -49,6 +71,15 @@ fn main() -> ExitCode {
             Scenario::Pacing { n } => tests::bench::pacing(&cli.amqp_url, n).await,
             Scenario::HeadOfLine { busy, others } => {
                 tests::bench::head_of_line(&cli.amqp_url, busy, others).await
+            }
+            Scenario::Perf { n, clients, prefetch, size, light_secs, worker } => {
+                let worker_binary = match worker {
+                    Some(path) => path,
+                    None => std::env::current_exe()?.with_file_name("tg-worker"),
+                };
+                let options =
+                    tests::bench::PerfOptions { n, clients, prefetch, size, worker_binary, light_secs };
+                tests::bench::perf(&cli.amqp_url, &options).await
             }
         }
     });

@@ -9,3 +9,28 @@ async fn the_pacing_benchmark_runs_and_prints_its_table() {
     }
     assert!(table.contains("10/10"), "{table}");
 }
+
+#[tokio::test]
+async fn the_perf_benchmark_runs_and_prints_its_table() {
+    let options = tests::bench::PerfOptions {
+        n: 200,
+        clients: 4,
+        prefetch: 32,
+        size: 50,
+        worker_binary: env!("CARGO_BIN_EXE_tg-worker-e2e").into(),
+        light_secs: 1,
+    };
+    let table = tests::bench::perf(&crate::helpers::amqp_url(), &options).await.expect("benchmark ran");
+    for line in [
+        "1a raw lapin publish",
+        "1b raw lapin consume",
+        "2  dispatcher",
+        "3a worker",
+        "3b worker",
+        "4  end to end",
+        "5  worker peak RSS",
+        "idle",
+    ] {
+        assert!(table.contains(line), "missing {line:?} in:\n{table}");
+    }
+}
