@@ -44,6 +44,20 @@ if [[ -z ${TELEGRAM_BOT_TOKEN:-} && -z ${TELEGRAM_BOTS:-} ]]; then
   echo "no TELEGRAM_BOT_TOKEN: using the sandbox at $TELEGRAM_API_URL"
 fi
 
+# Budgets: shared through Redis when it answers (REDIS_URL, default the local one); otherwise
+# each worker takes an equal share of the bot's limits.
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
+redis_hostport=${redis_url#*://}; redis_hostport=${redis_hostport#*@}; redis_hostport=${redis_hostport%%/*}
+redis_host=${redis_hostport%%:*}; redis_port=${redis_hostport##*:}; [[ $redis_port == "$redis_hostport" ]] && redis_port=6379
+if timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"; printf "PING\r\n" >&3; head -c 5 <&3 | grep -q PONG' _ "$redis_host" "$redis_port" 2>/dev/null; then
+  export REDIS_URL=$redis_url
+  echo "budgets shared through Redis at $redis_host:$redis_port"
+else
+  unset REDIS_URL
+  export RATE_SHARE=${RATE_SHARE:-$(awk -v n="$workers" 'BEGIN { printf "%.4f", 1 / n }')}
+  echo "no Redis answering: each of the $workers worker(s) paces at RATE_SHARE=$RATE_SHARE of the limits"
+fi
+
 "$bin/tg-dispatcher" serve & pids+=($!)
 for i in $(seq 1 "$workers"); do
   # Each worker gets its own admin port: 9091, 9092, …

@@ -33,6 +33,23 @@ pub enum Command {
     /// Inspect, replay or purge the dead-letter queue.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Queue depths and consumers; per-bot limiter state when budgets are shared (REDIS_URL).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `status`; returns what to print.
+pub async fn status(config: &DispatcherConfig, json: bool) -> anyhow::Result<String> {
+    let redis =
+        config.redis_url.as_ref().map(|url| (url.expose().as_str(), config.redis_key_prefix.as_str()));
+    let status = crate::status::status(&config.amqp, redis).await?;
+    if json {
+        Ok(serde_json::to_string_pretty(&status)?)
+    } else {
+        Ok(crate::status::render(&status))
+    }
 }
 
 #[derive(Debug, Subcommand)]

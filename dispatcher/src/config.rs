@@ -32,6 +32,12 @@ pub struct DispatcherConfig {
     /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
     pub stall_warn: Duration,
     pub log_format: LogFormat,
+    /// How this instance names itself in logs (`DISPATCHER_NAME`, default the host name).
+    pub instance: String,
+    /// Redis of the workers' shared budgets, for `status` (`REDIS_URL`).
+    pub redis_url: Option<Secret<String>>,
+    /// Key prefix of the shared budgets (`REDIS_KEY_PREFIX`, default `tgd`).
+    pub redis_key_prefix: String,
 }
 
 impl DispatcherConfig {
@@ -71,6 +77,11 @@ impl DispatcherConfig {
                 shared::watchdog::DEFAULT_STALL_WARN.as_millis() as u64,
             )?),
             log_format: LogFormat::from_env(env)?,
+            instance: env
+                .non_empty("DISPATCHER_NAME")
+                .unwrap_or_else(|| shared::telemetry::hostname("dispatcher")),
+            redis_url: env.non_empty("REDIS_URL").map(Secret::new),
+            redis_key_prefix: env.non_empty("REDIS_KEY_PREFIX").unwrap_or_else(|| "tgd".to_string()),
         })
     }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod dead;
 pub mod http;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     }
-    shared::telemetry::init(config.log_format);
+    shared::telemetry::init(config.log_format, &config.instance);
 
     // The one runtime of this process, built here and nowhere else (clippy.toml forbids it elsewhere).
     #[allow(clippy::disallowed_methods)]
@@ -42,6 +42,14 @@ fn main() -> ExitCode {
             Command::Serve => {
                 let shutdown = Shutdown::from_signals()?;
                 Application::build(config).await?.run(shutdown).await
+            }
+            Command::Status { json } => {
+                let output = dispatcher::cli::status(&config, json);
+                let output = tokio::time::timeout(dispatcher::cli::CLI_TIMEOUT, output)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("gave up after {:?}", dispatcher::cli::CLI_TIMEOUT))??;
+                println!("{output}");
+                Ok(())
             }
             Command::Dead(command) => {
                 let output = dispatcher::cli::dead(&config, command);

@@ -246,6 +246,15 @@ impl Publisher {
         .await
     }
 
+    /// Messages ready in `queue` (a passive declare), or `None` if the broker cannot say now.
+    pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
+        let link = self.link().await.ok()?;
+        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = link.channels[0].queue_declare(queue.into(), options, Default::default());
+        let declared = tokio::time::timeout(self.confirm_timeout, declared).await.ok()?.ok()?;
+        Some(declared.message_count())
+    }
+
     /// Closes the connection cleanly (in-flight publishes fail). Further calls reconnect.
     pub async fn close(&self) {
         let link = self.lock_current().take();

@@ -202,9 +202,12 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
+    /// `LOG_FORMAT`; when unset, text on a terminal and JSON otherwise (containers, log shippers).
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         match env.non_empty("LOG_FORMAT").as_deref() {
-            None | Some("text") => Ok(Self::Text),
+            None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Ok(Self::Text),
+            None => Ok(Self::Json),
+            Some("text") => Ok(Self::Text),
             Some("json") => Ok(Self::Json),
             Some(other) => Err(ConfigError::new("LOG_FORMAT", format!("{other:?} must be text or json"))),
         }

@@ -38,11 +38,11 @@ async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
         .bots
         .iter()
         .map(|(alias, bot)| {
-            let state = if bot.token_refused() { "token refused by Telegram" } else { "ok" };
-            (alias.clone(), state.into())
+            let token = if bot.token_refused() { "refused by Telegram" } else { "ok" };
+            (alias.clone(), json!({"token": token, "budgets": bot.budgets.mode().describe()}))
         })
         .collect();
-    let ready = consuming && bots.values().all(|state| state == "ok");
+    let ready = consuming && bots.values().all(|state| state["token"] == "ok");
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },

@@ -45,10 +45,18 @@ pub struct WorkerConfig {
     pub retry_max_age: Duration,
     pub max_hold: Duration,
     pub telegram_timeout: Duration,
+    /// Redis holding budgets shared by every worker (`REDIS_URL`); none means local budgets.
+    pub redis_url: Option<Secret<String>>,
+    /// Key prefix of the shared budgets in Redis (`REDIS_KEY_PREFIX`, default `tgd`).
+    pub redis_key_prefix: String,
+    /// This worker's share of each limit when budgets are local (`RATE_SHARE`, default 1).
+    pub rate_share: f64,
     /// Where the admin server listens (`WORKER_ADMIN_LISTEN`; `off` disables it).
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
     pub stall_warn: Duration,
+    /// How often a summary line is logged (`LOG_SUMMARY_SECS`, default 30; 0 disables it).
+    pub log_summary: Duration,
     pub log_format: LogFormat,
     /// How this instance names itself in logs and in its broker connections (`WORKER_NAME`,
     /// default the host name).
@@ -131,11 +139,28 @@ impl WorkerConfig {
         let stall_warn = Duration::from_millis(
             env.parse_or("RUNTIME_STALL_WARN_MS", shared::watchdog::DEFAULT_STALL_WARN.as_millis() as u64)?,
         );
+        let redis_url = env.non_empty("REDIS_URL");
+        if let Some(url) = &redis_url {
+            let valid = url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some());
+            if !valid {
+                return Err(ConfigError::new("REDIS_URL", "is not a redis:// URL (the value is not shown)"));
+            }
+        }
+        let rate_share: f64 = env.parse_or("RATE_SHARE", 1.0)?;
+        if !(rate_share > 0.0 && rate_share <= 1.0) {
+            return Err(ConfigError::new("RATE_SHARE", "must be in (0, 1], e.g. 0.25 for four workers"));
+        }
+        let redis_key_prefix = env.non_empty("REDIS_KEY_PREFIX").unwrap_or_else(|| "tgd".to_string());
         Ok(Self {
             amqp,
             bots,
+            redis_url: redis_url.map(Secret::new),
+            redis_key_prefix,
+            rate_share,
             admin_listen,
             stall_warn,
+            log_summary: env.secs_or("LOG_SUMMARY_SECS", Duration::from_secs(30))?,
             telegram_api_url,
             prefetch,
             shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
@@ -145,8 +170,58 @@ impl WorkerConfig {
             max_hold,
             telegram_timeout,
             log_format: LogFormat::from_env(env)?,
-            instance: env.non_empty("WORKER_NAME").unwrap_or_else(hostname),
+            instance: env.non_empty("WORKER_NAME").unwrap_or_else(|| shared::telemetry::hostname("worker")),
         })
+    }
+}
+
+impl WorkerConfig {
+    /// The effective configuration as one line of `key=value`, secrets redacted (for the start-up
+    /// log line).
+    pub fn describe(&self) -> String {
+        let l = &self.limits;
+        let redis = self.redis_url.as_ref().map(|u| redact_url(u.expose())).unwrap_or_else(|| "off".into());
+        let admin = self.admin_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+        format!(
+            "amqp={} prefix={} bots={} telegram={} prefetch={} rate_global={}/s rate_chat={}/s \
+             chat_burst={} rate_group={}/min rate_paid={}/s safety_margin={} max_hold={}s \
+             retry_max_attempts={} retry_max_age={}s telegram_timeout={}s redis={} redis_key_prefix={} \
+             rate_share={} admin={} shutdown_timeout={}s stall_warn={}ms",
+            self.amqp.display_url(),
+            self.amqp.prefix,
+            self.bots.keys().cloned().collect::<Vec<_>>().join(","),
+            self.telegram_api_url,
+            self.prefetch,
+            l.global_per_sec,
+            l.chat_per_sec,
+            l.chat_burst,
+            l.group_per_min,
+            l.paid_per_sec,
+            l.safety_margin,
+            self.max_hold.as_secs(),
+            self.retry_max_attempts,
+            self.retry_max_age.as_secs(),
+            self.telegram_timeout.as_secs(),
+            redis,
+            self.redis_key_prefix,
+            self.rate_share,
+            admin,
+            self.shutdown_timeout.as_secs(),
+            self.stall_warn.as_millis(),
+        )
+    }
+}
+
+/// A URL with its password replaced by `***`.
+fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "[unparseable URL]".into(),
     }
 }
 
@@ -175,15 +250,6 @@ fn validate_token(token: &str) -> Result<(), String> {
     }
 }
 
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +261,9 @@ mod tests {
             [("TELEGRAM_BOT_TOKEN", "123:abc_DEF-1"), ("TELEGRAM_BOTS", "news=456:xyz, alerts=789:q")].into();
         let config = WorkerConfig::from_env(&env).unwrap();
         assert_eq!(config.bots.keys().collect::<Vec<_>>(), ["alerts", "default", "news"]);
+        let described = config.describe();
+        assert!(!described.contains("abc_DEF") && !described.contains("xyz"), "{described}");
+        assert!(described.contains("rate_global=30/s") && described.contains("bots=alerts,default,news"));
         assert_eq!(config.prefetch, 256);
         assert_eq!(config.telegram_api_url.as_str(), "https://api.telegram.org/");
     }

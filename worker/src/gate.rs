@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::pacing::Pacer;
+use crate::budgets::Budgets;
 
 /// Resolution of tokio's timer.
 const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
@@ -85,15 +85,15 @@ impl Gate {
         granted.await.map_err(|_| Closed)
     }
 
-    /// Hands out slots from `pacer`'s global (or paid) budget until `stop` is cancelled. A waiter
+    /// Hands out slots from `budgets`'s global (or paid) budget until `stop` is cancelled. A waiter
     /// that gave up (its future dropped) is skipped without using a slot.
-    pub async fn run(self: Arc<Self>, pacer: Arc<Pacer>, paid: bool, stop: CancellationToken) {
-        self.serve(&pacer, paid, &stop).await;
+    pub async fn run(self: Arc<Self>, budgets: Arc<Budgets>, paid: bool, stop: CancellationToken) {
+        self.serve(&budgets, paid, &stop).await;
         // Closing: every waiter still queued learns it will not be served.
         self.lock().waiters.clear();
     }
 
-    async fn serve(&self, pacer: &Pacer, paid: bool, stop: &CancellationToken) {
+    async fn serve(&self, budgets: &Budgets, paid: bool, stop: &CancellationToken) {
         loop {
             // Wait for someone to serve.
             loop {
@@ -106,7 +106,7 @@ impl Gate {
                     _ = stop.cancelled() => return,
                 }
             }
-            let slot = pacer.reserve_global(paid, Instant::now());
+            let slot = budgets.reserve_global(paid, Instant::now()).await;
             // The timer has millisecond resolution: a sleep for less would cost a whole tick per
             // grant and cap a fast budget near 1000/s. Granting up to a tick early is harmless —
             // the departure window still holds every one-second count.
@@ -138,13 +138,17 @@ mod tests {
     use super::*;
     use crate::pacing::Limits;
 
+    fn budgets(limits: Limits) -> Arc<Budgets> {
+        Arc::new(Budgets::new("test", limits, 1.0, None))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn slots_go_to_the_earliest_received_waiter_at_the_rate_of_the_budget() {
         let limits = Limits { global_per_sec: 10.0, safety_margin: 0.0, ..Limits::default() };
-        let pacer = Arc::new(Pacer::new(limits));
+        let budgets_under_test = budgets(limits);
         let gate = Gate::new();
         let stop = CancellationToken::new();
-        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&pacer), false, stop.clone()));
+        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&budgets_under_test), false, stop.clone()));
         let t0 = Instant::now();
         let order = Arc::new(Mutex::new(Vec::new()));
         // Twenty "new" waiters received at t0 + 1 s, all queued now.
@@ -179,11 +183,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_gives_up_does_not_use_a_slot() {
-        let pacer =
-            Arc::new(Pacer::new(Limits { global_per_sec: 1.0, safety_margin: 0.0, ..Limits::default() }));
+        let budgets_under_test =
+            budgets(Limits { global_per_sec: 1.0, safety_margin: 0.0, ..Limits::default() });
         let gate = Gate::new();
         let stop = CancellationToken::new();
-        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&pacer), false, stop.clone()));
+        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&budgets_under_test), false, stop.clone()));
         let t0 = Instant::now();
         gate.acquire(t0).await.unwrap();
         // This one gives up before its slot (at t0 + 1 s).

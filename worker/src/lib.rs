@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod budgets;
 pub mod classify;
 pub mod config;
 pub mod gate;
@@ -32,10 +33,10 @@ use tokio_util::task::TaskTracker;
 
 pub use config::WorkerConfig;
 
+use crate::budgets::{Budgets, RedisStore};
 use crate::classify::{classify, Outcome};
 use crate::gate::Gate;
 use crate::lanes::Lanes;
-use crate::pacing::Pacer;
 use crate::process::{Job, LaneKey, Parking, RecentIds};
 use crate::telegram::Telegram;
 
@@ -54,11 +55,15 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// Moved to a delay queue (pacing, retry, flood wait, refused token).
     pub parked: AtomicU64,
+    /// 429s received.
+    pub floods: AtomicU64,
+    /// Sends under way (waiting for Telegram's answer).
+    pub sending: AtomicU64,
 }
 
 /// Per-bot state: its budgets, and whether Telegram currently refuses its token.
 pub(crate) struct BotState {
-    pub pacer: Arc<Pacer>,
+    pub budgets: Arc<Budgets>,
     /// Waiting rooms of the global and the paid-broadcast budgets.
     pub gate: Arc<Gate>,
     pub paid_gate: Arc<Gate>,
@@ -67,9 +72,9 @@ pub(crate) struct BotState {
 }
 
 impl BotState {
-    fn new(pacer: Pacer) -> Self {
+    fn new(budgets: Budgets) -> Self {
         Self {
-            pacer: Arc::new(pacer),
+            budgets: Arc::new(budgets),
             gate: Gate::new(),
             paid_gate: Gate::new(),
             token_refused_since: Mutex::new(None),
@@ -175,10 +180,18 @@ impl Worker {
             usize::from(config.prefetch),
             config.telegram_timeout,
         )?;
+        let redis = match &config.redis_url {
+            Some(url) => Some(RedisStore::new(url.expose(), &config.redis_key_prefix)?),
+            None => None,
+        };
         let bots = config
             .bots
-            .keys()
-            .map(|alias| (alias.clone(), BotState::new(Pacer::new(config.limits))))
+            .iter()
+            .map(|(alias, token)| {
+                let shared = redis.clone().map(|store| (store, budgets::bot_id(token.expose())));
+                let budgets = Budgets::new(alias, config.limits, config.rate_share, shared);
+                (alias.clone(), BotState::new(budgets))
+            })
             .collect();
         let (parking_tx, parking) = tokio::sync::mpsc::unbounded_channel();
         let publisher = Publisher::new(
@@ -219,6 +232,7 @@ impl Worker {
         let helpers_stop = tokio_util::sync::CancellationToken::new();
         let admin = admin
             .map(|listener| tokio::spawn(admin::serve(listener, Arc::clone(&inner), helpers_stop.clone())));
+        let summaries = tokio::spawn(log_summaries(Arc::clone(&inner), helpers_stop.clone()));
         let stalls = Arc::new(shared::watchdog::StallStats::default());
         let watchdog =
             tokio::spawn(shared::watchdog::run(inner.config.stall_warn, stalls, helpers_stop.clone()));
@@ -226,7 +240,11 @@ impl Worker {
         for bot in inner.bots.values() {
             for paid in [false, true] {
                 let gate = Arc::clone(bot.gate(paid));
-                inner.tracker.spawn(gate.run(Arc::clone(&bot.pacer), paid, inner.shutdown.graceful_token()));
+                inner.tracker.spawn(gate.run(
+                    Arc::clone(&bot.budgets),
+                    paid,
+                    inner.shutdown.graceful_token(),
+                ));
             }
         }
         let session = Session { inner };
@@ -236,6 +254,7 @@ impl Worker {
             let _ = admin.await;
         }
         let _ = watchdog.await;
+        let _ = summaries.await;
         result
     }
 }
@@ -248,15 +267,7 @@ struct Session {
 impl Session {
     async fn run(self) -> anyhow::Result<RunSummary> {
         let inner = &self.inner;
-        tracing::info!(
-            instance = %inner.config.instance,
-            amqp = %inner.config.amqp.display_url(),
-            queue = %inner.topology.send_queue(),
-            bots = ?inner.telegram.aliases().collect::<Vec<_>>(),
-            telegram = %inner.config.telegram_api_url,
-            prefetch = inner.config.prefetch,
-            "worker starting"
-        );
+        tracing::info!(config = %inner.config.describe(), "worker starting");
         let mut failures = 0u32;
         let summary = loop {
             match self.consume_session(&mut failures).await {
@@ -329,7 +340,7 @@ impl Session {
                 biased;
                 _ = inner.shutdown.requested() => break None,
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => process::accept(inner, delivery),
+                    Some(Ok(delivery)) => process::accept(inner, delivery).await,
                     Some(Err(error)) => break Some(anyhow::Error::new(error).context("consumer failed")),
                     None => break Some(anyhow::anyhow!("the broker cancelled the consumer")),
                 },
@@ -412,4 +423,43 @@ pub(crate) fn spawn_token_probe(inner: &Arc<Inner>, alias: &str) {
             bot.probing.store(false, Ordering::SeqCst);
         }
     });
+}
+
+/// Every `LOG_SUMMARY_SECS`, one line: sent, failed, retried, 429s, rate, in flight, queue depth.
+async fn log_summaries(inner: Arc<Inner>, stop: tokio_util::sync::CancellationToken) {
+    let every = inner.config.log_summary;
+    if every.is_zero() {
+        return;
+    }
+    let stats = &inner.stats;
+    let read = || {
+        (
+            stats.delivered.load(Ordering::Relaxed),
+            stats.dead_lettered.load(Ordering::Relaxed),
+            stats.retried.load(Ordering::Relaxed),
+            stats.floods.load(Ordering::Relaxed),
+        )
+    };
+    let mut last = read();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = read();
+        let sent = now.0 - last.0;
+        let depth = inner.publisher.queue_depth(&inner.topology.send_queue()).await;
+        tracing::info!(
+            sent,
+            failed = now.1 - last.1,
+            retried = now.2 - last.2,
+            floods = now.3 - last.3,
+            rate = format!("{:.1}/s", sent as f64 / every.as_secs_f64()),
+            in_flight = inner.lanes.waiting() as u64 + stats.sending.load(Ordering::Relaxed),
+            queue_depth = depth.map(|d| d.to_string()).unwrap_or_else(|| "?".into()),
+            "summary of the last {}s",
+            every.as_secs()
+        );
+        last = now;
+    }
 }

@@ -157,7 +157,7 @@ impl RecentIds {
 /// dead-lettered by a tracked task; valid ones get a chat slot and either join their lane or, when
 /// the slot is far off, are handed to the parking task (one task, so parked requests keep their
 /// order).
-pub(crate) fn accept(inner: &Arc<Inner>, delivery: Delivery) {
+pub(crate) async fn accept(inner: &Arc<Inner>, delivery: Delivery) {
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
     let parsed = SendRequest::from_json_or_id(&delivery.data, || {
         message_id
@@ -208,12 +208,12 @@ pub(crate) fn accept(inner: &Arc<Inner>, delivery: Delivery) {
         |name: &str| headers.and_then(|h| h.inner().get(name)).and_then(as_u64).map(instant_from_ms);
     let slot = match header_instant(HEADER_SLOT) {
         Some(slot) => {
-            bot.pacer.observe_chat_slot(request.chat_id(), slot);
+            bot.budgets.observe_chat_slot(request.chat_id(), slot).await;
             slot
         }
         None => {
             let not_before = header_instant(HEADER_NOT_BEFORE).unwrap_or(now);
-            bot.pacer.reserve_chat(request.chat_id(), now, not_before)
+            bot.budgets.reserve_chat(request.chat_id(), now, not_before).await
         }
     };
     if slot.saturating_duration_since(now) > inner.config.max_hold {
@@ -312,17 +312,17 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         }
         // Flood pauses (429), the chat's send spacing, then the bot's global budget.
         let now = Instant::now();
-        let paused = bot.pacer.paused_until(request.chat_id(), now);
+        let paused = bot.budgets.paused_until(request.chat_id(), now).await;
         if paused - now > hold {
             park_request(inner, &job, &request, &carried, paused, "flood wait", None);
             settled();
             return;
         }
-        let chat_ready = bot.pacer.reserve_chat_send(request.chat_id(), now, paused);
+        let chat_ready = bot.budgets.reserve_chat_send(request.chat_id(), now, paused).await;
         let paid = request.is_paid_broadcast();
         let gate = bot.gate(paid);
         let queue_wait =
-            gate::estimated_wait(gate.ahead_of(job.received), bot.pacer.limits().global_interval(paid));
+            gate::estimated_wait(gate.ahead_of(job.received), bot.budgets.limits().global_interval(paid));
         let expected = chat_ready.max(now + queue_wait);
         if expected - now > hold {
             park_request(inner, &job, &request, &carried, expected, "global budget", None);
@@ -346,15 +346,17 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             settled();
             return;
         }
-        while let Err(wait) = bot.pacer.depart(paid, Instant::now()) {
+        while let Err(wait) = bot.budgets.depart(paid, Instant::now()) {
             tokio::time::sleep(wait).await;
         }
 
         let started = Instant::now();
-        bot.pacer.record_chat_send(request.chat_id(), started);
+        bot.budgets.record_chat_send(request.chat_id(), started).await;
         metrics::gauge!("tg_in_flight").increment(1.0);
+        inner.stats.sending.fetch_add(1, Ordering::Relaxed);
         let answer = inner.telegram.send(request.bot(), request.method(), request.params_json()).await;
         metrics::gauge!("tg_in_flight").decrement(1.0);
+        inner.stats.sending.fetch_sub(1, Ordering::Relaxed);
         let Some(answer) = answer else { return };
         let latency = started.elapsed();
         metrics::histogram!("tg_send_seconds").record(latency.as_secs_f64());
@@ -363,7 +365,14 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         let attempt = carried.attempts + 1;
         match classify(&answer) {
             Outcome::Delivered { message_id } => {
-                tracing::info!(method, attempt, latency_ms, outcome = "delivered", message_id, "sent");
+                tracing::info!(
+                    method,
+                    attempt,
+                    latency_ms,
+                    outcome = "delivered",
+                    message_id,
+                    "delivered    "
+                );
                 inner.recent.insert(request.id());
                 if settle(ack(delivery).await, "ack") {
                     inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -375,11 +384,12 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             }
             Outcome::RetryAfter { after, failure } => {
                 carried.floods += 1;
+                inner.stats.floods.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
-                let bot_wide = bot.pacer.flood(request.chat_id(), now, now + after);
+                let bot_wide = bot.budgets.flood(request.chat_id(), now, now + after).await;
                 metrics::counter!("tg_floods_total", "bot" => request.bot().to_string()).increment(1);
                 tracing::warn!(method, attempt, latency_ms, outcome = "flood", retry_after_s = after.as_secs(),
-                    bot_wide, reason = %failure.reason(), "Telegram asked to slow down");
+                    bot_wide, reason = %failure.reason(), "flood");
                 // Not a failed attempt: the loop waits for the pause (or parks) and resends.
             }
             Outcome::Migrated { to, failure } => {
@@ -417,7 +427,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 }
                 let delay = retry_delay(carried.attempts);
                 tracing::warn!(method, attempt, latency_ms, outcome = "retrying", retry_in_ms = delay.as_millis() as u64,
-                    reason = %failure.reason(), "transient failure");
+                    reason = %failure.reason(), "retrying");
                 inner.stats.retried.fetch_add(1, Ordering::Relaxed);
                 count_outcome(request.bot(), "retrying");
                 let event = Event::retrying(&request, &carried, &failure);
@@ -428,7 +438,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             }
             Outcome::DeadLetter(failure) => {
                 tracing::warn!(method, attempt, latency_ms, outcome = "dead_lettered",
-                    class = failure.class.as_str(), reason = %failure.reason(), "permanent failure");
+                    class = failure.class.as_str(), reason = %failure.reason(), "dead-lettered");
                 dead_letter(inner, delivery, Some(request.bot()), &failure).await;
                 settled();
                 count_outcome(request.bot(), "failed");

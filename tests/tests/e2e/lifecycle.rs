@@ -255,7 +255,7 @@ async fn the_admin_port_serves_health_readiness_and_metrics() {
     })
     .await;
     assert_eq!(status, 503);
-    assert!(body.contains("token refused"), "{body}");
+    assert!(body.contains("refused by Telegram"), "{body}");
     let metrics = eventually("the park counted", DEADLINE, || async {
         let (status, metrics) = get("/metrics").await;
         (status == 200 && metrics.contains("tg_parked_total")).then_some(metrics)

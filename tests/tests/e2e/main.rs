@@ -9,6 +9,7 @@
 mod bench;
 mod dead_letters;
 mod delivery;
+mod deploy;
 mod dispatcher_api;
 mod failures;
 mod helpers;
