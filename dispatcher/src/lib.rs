@@ -71,6 +71,7 @@ impl Application {
         let stalls = Arc::new(shared::watchdog::StallStats::default());
         let watchdog =
             tokio::spawn(shared::watchdog::run(self.config.stall_warn, stalls, watchdog_stop.clone()));
+        let upkeep = tokio::spawn(shared::metrics::run_upkeep(watchdog_stop.clone()));
         let graceful = shutdown.clone();
         let server = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(async move { graceful.requested().await });
@@ -88,6 +89,7 @@ impl Application {
         publisher.close().await;
         watchdog_stop.cancel();
         let _ = watchdog.await;
+        let _ = upkeep.await;
         tracing::info!("dispatcher stopped");
         outcome
     }

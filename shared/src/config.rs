@@ -16,6 +16,10 @@ pub const DEFAULT_QUEUE_PREFIX: &str = "tg";
 /// Heartbeat put into the AMQP URL when it names none: the broker's default of 60 s notices a dead
 /// peer far too late for a daemon.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// Frame size put into the AMQP URL when it names none. lapin keeps send and receive buffers of 32
+/// frames per connection: at the broker's default 128 KiB that is 8 MiB a connection; our messages
+/// are a few KiB, and larger ones are simply split into more frames.
+pub const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
 
 /// A configuration value that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -139,12 +143,16 @@ impl AmqpSettings {
     }
 }
 
-/// Checks that `url` is an AMQP URL lapin can use and adds `heartbeat=10` when it names none.
+/// Checks that `url` is an AMQP URL lapin can use and adds `heartbeat=10` and `frame_max=32768` when
+/// it names none.
 fn with_default_heartbeat(url: &str) -> Result<String, String> {
     parse_amqp_uri(url)?;
     let mut parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !parsed.query_pairs().any(|(key, _)| key == "heartbeat") {
         parsed.query_pairs_mut().append_pair("heartbeat", &DEFAULT_HEARTBEAT_SECS.to_string());
+    }
+    if !parsed.query_pairs().any(|(key, _)| key == "frame_max") {
+        parsed.query_pairs_mut().append_pair("frame_max", &DEFAULT_FRAME_MAX.to_string());
     }
     Ok(parsed.to_string())
 }

@@ -1,6 +1,7 @@
 //! The process's metrics recorder (Prometheus text format, via metrics-exporter-prometheus). One per
-//! process, installed on first use; both daemons serve [`render`] at `/metrics`. Upkeep (histogram
-//! and idle-metric housekeeping) is done on each render, so no background task is needed.
+//! process, installed on first use; both daemons serve [`render`] at `/metrics`. Histogram samples
+//! are folded into buckets on each render and every few seconds by [`run_upkeep`]: without that,
+//! a daemon nobody scrapes would keep every sample it ever recorded.
 
 use std::sync::OnceLock;
 
@@ -36,5 +37,18 @@ pub fn render() -> String {
             handle.render()
         }
         _ => String::new(),
+    }
+}
+
+/// Folds recorded histogram samples into their buckets every 5 s until `stop`.
+pub async fn run_upkeep(stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Some(Some(handle)) = HANDLE.get() {
+            handle.run_upkeep();
+        }
     }
 }

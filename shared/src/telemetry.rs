@@ -101,12 +101,26 @@ where
     }
 }
 
+/// Keeps the log writer thread alive; dropping it (at the end of `main`) flushes what is queued.
+#[must_use = "logs are flushed when this guard is dropped: keep it until main returns"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// Installs the process-wide subscriber writing to stderr (colour only on a terminal).
-pub fn init(format: LogFormat, instance: &str) {
+///
+/// Lines are handed to a dedicated writer thread, so a slow or blocked stderr (a full pipe, a
+/// stalled log shipper) never blocks a runtime thread; past 16k queued lines, callers wait rather
+/// than lose outcome lines.
+pub fn init(format: LogFormat, instance: &str) -> LogGuard {
     let ansi = std::io::stderr().is_terminal();
-    let subscriber = subscriber(format, instance, "info", std::io::stderr, ansi);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(16 * 1024)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let subscriber = subscriber(format, instance, "info", writer, ansi);
     // Fails only if one is already installed (a test harness): keep that one.
     let _ = tracing::subscriber::set_global_default(subscriber);
+    LogGuard(guard)
 }
 
 /// The host name (or `fallback`), for instance names. Read once at start-up, before the runtime.

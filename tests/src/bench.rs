@@ -412,8 +412,30 @@ async fn worker_throughput(
     options: &PerfOptions,
     latency: Duration,
     prefetch: u16,
+    events_listener: bool,
 ) -> anyhow::Result<(Duration, Option<f64>, Option<f64>)> {
     let sandbox = Sandbox::start(SandboxConfig { latency, ..Default::default() }).await?;
+    // A producer listening to delivery events: a queue bound to the events exchange (it costs the
+    // broker a publish per delivery).
+    let listener = if events_listener {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = scratch.channel.queue_declare("".into(), options, Default::default()).await?;
+        let name = queue.name().to_string();
+        scratch
+            .channel
+            .queue_bind(
+                name.as_str().into(),
+                scratch.topology.events_exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await?;
+        Some(name)
+    } else {
+        None
+    };
     scratch.prefill((0..options.n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
     let worker = WorkerProcess::start(&options.worker_binary, scratch, &sandbox, prefetch)?;
     let started = Instant::now();
@@ -435,6 +457,9 @@ async fn worker_throughput(
         None
     };
     worker.stop().await;
+    if let Some(queue) = listener {
+        scratch.channel.queue_delete(queue.as_str().into(), Default::default()).await?;
+    }
     Ok((elapsed, rss, idle_cpu))
 }
 
@@ -524,15 +549,22 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     purge(scratch).await?;
 
     let (elapsed, rss, idle_cpu) =
-        worker_throughput(scratch, options, Duration::ZERO, options.prefetch).await?;
+        worker_throughput(scratch, options, Duration::ZERO, options.prefetch, false).await?;
     let instant = rate(n, elapsed);
     rows.push(row(
         "3a worker, instant sandbox, limits off",
         format!("{instant:.0} msg/s"),
         format!("{:.2} of 1b", instant / consume),
     ));
+    let (elapsed, _, _) = worker_throughput(scratch, options, Duration::ZERO, options.prefetch, true).await?;
+    let listened = rate(n, elapsed);
+    rows.push(row(
+        "3c worker, as 3a, with a queue bound to delivery events",
+        format!("{listened:.0} msg/s"),
+        format!("{:.2} of 1b", listened / consume),
+    ));
     let (elapsed, _, _) =
-        worker_throughput(scratch, options, Duration::from_millis(50), options.prefetch).await?;
+        worker_throughput(scratch, options, Duration::from_millis(50), options.prefetch, false).await?;
     let slow = rate(n, elapsed);
     let little = f64::from(options.prefetch) / 0.05;
     rows.push(row(
@@ -550,7 +582,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     ));
     purge(scratch).await?;
 
-    let (_, rss_1000, _) = worker_throughput(scratch, options, Duration::ZERO, 1000).await?;
+    let (_, rss_1000, _) = worker_throughput(scratch, options, Duration::ZERO, 1000, false).await?;
     rows.push(row(
         &format!("5  worker peak RSS during 3a (prefetch {})", options.prefetch),
         rss.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),

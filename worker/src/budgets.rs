@@ -199,7 +199,8 @@ impl Budgets {
             }
             invocation.invoke_async::<i64>(&mut connection).await.map_err(|e| e.to_string())
         };
-        let outcome = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        // Boxed: the Redis call's future is large and every lane's state would carry it.
+        let outcome = match tokio::time::timeout(REDIS_TIMEOUT, Box::pin(call)).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {REDIS_TIMEOUT:?}")),
         };
@@ -235,6 +236,9 @@ impl Budgets {
 
     /// See [`Pacer::reserve_chat`].
     pub async fn reserve_chat(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
+        if self.redis.is_none() {
+            return self.local.reserve_chat(chat, now, not_before);
+        }
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
         let keys = [self.chat_key("c", chat), self.chat_key("pc", chat)];
@@ -247,6 +251,9 @@ impl Budgets {
 
     /// See [`Pacer::observe_chat_slot`].
     pub async fn observe_chat_slot(&self, chat: &ChatId, slot: Instant) {
+        if self.redis.is_none() {
+            return self.local.observe_chat_slot(chat, slot);
+        }
         let step = self.limits.chat_interval(chat);
         let ahead = signed_micros(slot + step);
         if self.script(PUSH, &[self.chat_key("c", chat)], &[ahead]).await.is_none() {
@@ -256,6 +263,9 @@ impl Budgets {
 
     /// See [`Pacer::reserve_chat_send`].
     pub async fn reserve_chat_send(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
+        if self.redis.is_none() {
+            return self.local.reserve_chat_send(chat, now, not_before);
+        }
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
         let keys = [self.chat_key("s", chat), self.chat_key("pc", chat)];
@@ -270,6 +280,9 @@ impl Budgets {
     /// spaced from when this one really left.
     pub async fn record_chat_send(&self, chat: &ChatId, at: Instant) {
         self.local.record_chat_send(chat, at);
+        if self.redis.is_none() {
+            return;
+        }
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
         let next = (at + step).checked_sub(tolerance).unwrap_or(at);
@@ -278,6 +291,9 @@ impl Budgets {
 
     /// See [`Pacer::reserve_global`].
     pub async fn reserve_global(&self, paid: bool, now: Instant) -> Instant {
+        if self.redis.is_none() {
+            return self.local.reserve_global(paid, now);
+        }
         let keys = [self.key(if paid { "p" } else { "g" }), self.key("pb")];
         let args = [micros(self.limits.global_interval(paid)), "0".to_string(), "0".to_string()];
         match self.script(RESERVE, &keys, &args).await {
@@ -293,8 +309,11 @@ impl Budgets {
 
     /// See [`Pacer::paused_until`].
     pub async fn paused_until(&self, chat: &ChatId, now: Instant) -> Instant {
-        let keys = [self.chat_key("pc", chat), self.key("pb")];
         let local = self.local.paused_until(chat, now);
+        if self.redis.is_none() {
+            return local;
+        }
+        let keys = [self.chat_key("pc", chat), self.key("pb")];
         match self.script(PAUSED, &keys, &[]).await {
             Some(wait) => local.max(Instant::now() + from_micros(wait)),
             None => local,
@@ -304,6 +323,9 @@ impl Budgets {
     /// See [`Pacer::flood`]; with Redis, the pause is seen by every worker.
     pub async fn flood(&self, chat: &ChatId, now: Instant, until: Instant) -> bool {
         let local = self.local.flood(chat, now, until);
+        if self.redis.is_none() {
+            return local;
+        }
         let keys = [self.chat_key("pc", chat), self.key("pb"), self.key("lf")];
         let args = [micros(until.saturating_duration_since(now)), chat.to_string()];
         match self.script(FLOOD, &keys, &args).await {

@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     pub retry_max_age: Duration,
     pub max_hold: Duration,
     pub telegram_timeout: Duration,
+    /// Most Bot API calls under way at once (`TELEGRAM_MAX_IN_FLIGHT`, default 256): each holds a
+    /// connection, so this bounds memory and sockets whatever the prefetch.
+    pub max_in_flight: usize,
     /// Redis holding budgets shared by every worker (`REDIS_URL`); none means local budgets.
     pub redis_url: Option<Secret<String>>,
     /// Key prefix of the shared budgets in Redis (`REDIS_KEY_PREFIX`, default `tgd`).
@@ -152,9 +155,14 @@ impl WorkerConfig {
             return Err(ConfigError::new("RATE_SHARE", "must be in (0, 1], e.g. 0.25 for four workers"));
         }
         let redis_key_prefix = env.non_empty("REDIS_KEY_PREFIX").unwrap_or_else(|| "tgd".to_string());
+        let max_in_flight: usize = env.parse_or("TELEGRAM_MAX_IN_FLIGHT", 256)?;
+        if max_in_flight == 0 {
+            return Err(ConfigError::new("TELEGRAM_MAX_IN_FLIGHT", "must be at least 1"));
+        }
         Ok(Self {
             amqp,
             bots,
+            max_in_flight,
             redis_url: redis_url.map(Secret::new),
             redis_key_prefix,
             rate_share,
@@ -185,7 +193,7 @@ impl WorkerConfig {
         format!(
             "amqp={} prefix={} bots={} telegram={} prefetch={} rate_global={}/s rate_chat={}/s \
              chat_burst={} rate_group={}/min rate_paid={}/s safety_margin={} max_hold={}s \
-             retry_max_attempts={} retry_max_age={}s telegram_timeout={}s redis={} redis_key_prefix={} \
+             retry_max_attempts={} retry_max_age={}s telegram_timeout={}s max_in_flight={} redis={} redis_key_prefix={} \
              rate_share={} admin={} shutdown_timeout={}s stall_warn={}ms",
             self.amqp.display_url(),
             self.amqp.prefix,
@@ -202,6 +210,7 @@ impl WorkerConfig {
             self.retry_max_attempts,
             self.retry_max_age.as_secs(),
             self.telegram_timeout.as_secs(),
+            self.max_in_flight,
             redis,
             self.redis_key_prefix,
             self.rate_share,

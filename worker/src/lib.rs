@@ -138,10 +138,25 @@ pub(crate) struct Inner {
     pub recent: RecentIds,
     pub parking: tokio::sync::mpsc::UnboundedSender<Parking>,
     pub before_send: Option<BeforeSend>,
+    /// Bounds concurrent Bot API calls (`TELEGRAM_MAX_IN_FLIGHT`).
+    pub sends: tokio::sync::Semaphore,
+    /// Until when delivery events are skipped because no queue is bound to the events exchange.
+    pub events_muted_until: Mutex<Option<Instant>>,
     pub tracker: TaskTracker,
     pub shutdown: Shutdown,
     pub stats: Stats,
     pub consuming: AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn events_muted(&self) -> bool {
+        let until = *self.events_muted_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    pub(crate) fn mute_events(&self, pause: Duration) {
+        *self.events_muted_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + pause);
+    }
 }
 
 /// A built worker, ready to run.
@@ -209,6 +224,8 @@ impl Worker {
             recent: RecentIds::default(),
             parking: parking_tx,
             before_send,
+            events_muted_until: Mutex::new(None),
+            sends: tokio::sync::Semaphore::new(config.max_in_flight),
             tracker: TaskTracker::new(),
             shutdown,
             stats: Stats::default(),
@@ -233,6 +250,7 @@ impl Worker {
         let admin = admin
             .map(|listener| tokio::spawn(admin::serve(listener, Arc::clone(&inner), helpers_stop.clone())));
         let summaries = tokio::spawn(log_summaries(Arc::clone(&inner), helpers_stop.clone()));
+        let upkeep = tokio::spawn(shared::metrics::run_upkeep(helpers_stop.clone()));
         let stalls = Arc::new(shared::watchdog::StallStats::default());
         let watchdog =
             tokio::spawn(shared::watchdog::run(inner.config.stall_warn, stalls, helpers_stop.clone()));
@@ -255,6 +273,7 @@ impl Worker {
         }
         let _ = watchdog.await;
         let _ = summaries.await;
+        let _ = upkeep.await;
         result
     }
 }

@@ -18,7 +18,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::json;
-use shared::amqp::{unix_now, Outgoing};
+use shared::amqp::{unix_now, Outgoing, PublishError};
 use shared::topology::{
     Topology, HEADER_ATTEMPTS, HEADER_BOT, HEADER_DEAD_AT, HEADER_ERROR, HEADER_ERROR_CLASS,
     HEADER_FIRST_SEEN, HEADER_FLOODS, HEADER_NOT_BEFORE, HEADER_ORIGINAL_CHAT, HEADER_SLOT,
@@ -41,6 +41,8 @@ pub(crate) const BAD_TOKEN_RECHECK: Duration = Duration::from_secs(30);
 /// First retry delay; doubles per failed attempt, with ±50 % jitter, up to [`RETRY_MAX_DELAY`].
 const RETRY_BASE_DELAY: Duration = Duration::from_secs(1);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(900);
+/// How long events are skipped after the broker returned one as unroutable (no queue bound).
+const EVENTS_UNROUTED_PAUSE: Duration = Duration::from_secs(1);
 /// Attempts and spacing for publishing a delivery event while the broker connection recovers.
 const EVENT_PUBLISH_ATTEMPTS: u32 = 10;
 const EVENT_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -183,7 +185,7 @@ pub(crate) async fn accept(inner: &Arc<Inner>, delivery: Delivery) {
             tracing::warn!(id = request.id(), bot = request.bot(), "dead-lettering: unknown bot alias");
             dead_letter(&inner, &delivery, Some(request.bot()), &failure).await;
             let event = Event::failed(&request, &Carried::default(), &failure);
-            publish_event(&inner, event).await;
+            publish_event(&inner, || event).await;
         });
         return;
     };
@@ -269,8 +271,9 @@ async fn run_lane(inner: Arc<Inner>, key: LaneKey) {
         let span = tracing::info_span!("delivery", id = job.request.id(), bot = job.request.bot(),
             chat = %job.request.chat_id(), attempt = job.carried.attempts + 1);
         let job = Arc::new(job);
-        let handled =
-            AssertUnwindSafe(handle(&inner, Arc::clone(&job)).instrument(span)).catch_unwind().await;
+        let handled = AssertUnwindSafe(Box::pin(handle(&inner, Arc::clone(&job)).instrument(span)))
+            .catch_unwind()
+            .await;
         if let Err(panic) = handled {
             let message = panic
                 .downcast_ref::<&str>()
@@ -354,7 +357,13 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         bot.budgets.record_chat_send(request.chat_id(), started).await;
         metrics::gauge!("tg_in_flight").increment(1.0);
         inner.stats.sending.fetch_add(1, Ordering::Relaxed);
-        let answer = inner.telegram.send(request.bot(), request.method(), request.params_json()).await;
+        // At most TELEGRAM_MAX_IN_FLIGHT calls at once, whatever the prefetch: each holds an HTTP
+        // connection and its buffers. The call's future is boxed so a lane that is not sending
+        // stays small.
+        let answer = {
+            let _permit = inner.sends.acquire().await;
+            Box::pin(inner.telegram.send(request.bot(), request.method(), request.params_json())).await
+        };
         metrics::gauge!("tg_in_flight").decrement(1.0);
         inner.stats.sending.fetch_sub(1, Ordering::Relaxed);
         let Some(answer) = answer else { return };
@@ -379,7 +388,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 }
                 settled();
                 count_outcome(request.bot(), "delivered");
-                publish_event(inner, Event::delivered(&request, &carried, message_id)).await;
+                Box::pin(publish_event(inner, || Event::delivered(&request, &carried, message_id))).await;
                 return;
             }
             Outcome::RetryAfter { after, failure } => {
@@ -397,9 +406,9 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 tracing::info!(method, attempt, latency_ms, outcome = "migrated", from = %request.chat_id(),
                     to, "group migrated to a supergroup; resending");
                 if migrations > MAX_MIGRATIONS {
-                    dead_letter(inner, delivery, Some(request.bot()), &failure).await;
+                    Box::pin(dead_letter(inner, delivery, Some(request.bot()), &failure)).await;
                     settled();
-                    publish_event(inner, Event::failed(&request, &carried, &failure)).await;
+                    Box::pin(publish_event(inner, || Event::failed(&request, &carried, &failure))).await;
                     return;
                 }
                 carried.original_chat.get_or_insert_with(|| request.chat_id().to_string());
@@ -419,10 +428,10 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                         ),
                         ..failure
                     };
-                    dead_letter(inner, delivery, Some(request.bot()), &failure).await;
+                    Box::pin(dead_letter(inner, delivery, Some(request.bot()), &failure)).await;
                     settled();
                     count_outcome(request.bot(), "failed");
-                    publish_event(inner, Event::failed(&request, &carried, &failure)).await;
+                    Box::pin(publish_event(inner, || Event::failed(&request, &carried, &failure))).await;
                     return;
                 }
                 let delay = retry_delay(carried.attempts);
@@ -439,10 +448,10 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             Outcome::DeadLetter(failure) => {
                 tracing::warn!(method, attempt, latency_ms, outcome = "dead_lettered",
                     class = failure.class.as_str(), reason = %failure.reason(), "dead-lettered");
-                dead_letter(inner, delivery, Some(request.bot()), &failure).await;
+                Box::pin(dead_letter(inner, delivery, Some(request.bot()), &failure)).await;
                 settled();
                 count_outcome(request.bot(), "failed");
-                publish_event(inner, Event::failed(&request, &carried, &failure)).await;
+                Box::pin(publish_event(inner, || Event::failed(&request, &carried, &failure))).await;
                 return;
             }
             Outcome::StopBot(failure) => {
@@ -526,7 +535,7 @@ pub(crate) async fn run_parking(inner: Arc<Inner>, mut queue: mpsc::UnboundedRec
                     tracing::debug!(queue = %queue_name, why = parking.why, "parked in a delay queue");
                 }
                 if let Some(event) = parking.event {
-                    publish_event(&inner, event).await;
+                    publish_event(&inner, || event).await;
                 }
             }
             Err(error) => {
@@ -666,7 +675,17 @@ impl Event {
 
 /// Publishes an event with a confirm. A lost event is logged and counted, never retried at the cost
 /// of resending the message.
-async fn publish_event(inner: &Inner, event: Event) {
+///
+/// Events are published `mandatory`: when no queue is bound to the events exchange the broker
+/// returns the event, and the worker then skips events for [`EVENTS_UNROUTED_PAUSE`] before trying
+/// again — nobody could have received them, and publishing them would cost the broker as much as
+/// the deliveries themselves. A queue bound meanwhile receives events within that pause.
+async fn publish_event(inner: &Inner, event: impl FnOnce() -> Event) {
+    if inner.events_muted() {
+        metrics::counter!("tg_events_unrouted_total").increment(1);
+        return;
+    }
+    let event = event();
     let exchange = inner.topology.events_exchange();
     let body = event.body.to_string();
     let properties = BasicProperties::default()
@@ -675,7 +694,7 @@ async fn publish_event(inner: &Inner, event: Event) {
         .with_timestamp(unix_now());
     let outgoing = Outgoing {
         exchange: &exchange,
-        mandatory: false,
+        mandatory: true,
         routing_key: &event.routing_key,
         body: body.as_bytes(),
         properties,
@@ -686,6 +705,11 @@ async fn publish_event(inner: &Inner, event: Event) {
     loop {
         match inner.publisher.publish(outgoing.clone()).await {
             Ok(()) => return,
+            Err(PublishError::Unroutable(_)) => {
+                inner.mute_events(EVENTS_UNROUTED_PAUSE);
+                metrics::counter!("tg_events_unrouted_total").increment(1);
+                return;
+            }
             Err(error) if attempt < EVENT_PUBLISH_ATTEMPTS && !inner.shutdown.is_triggered() => {
                 attempt += 1;
                 tracing::debug!(%error, attempt, "retrying a delivery event");

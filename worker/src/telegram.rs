@@ -53,8 +53,13 @@ pub struct ResponseParameters {
 /// Every bot this worker may send for, sharing one HTTP connection pool.
 pub struct Telegram {
     bots: HashMap<String, Bot>,
+    /// Request URLs per (bot, method), built once: the hot path formats nothing.
+    urls: HashMap<(String, &'static str), Url>,
     tokens: Vec<String>,
 }
+
+/// Methods whose URLs are prepared up front.
+const KNOWN_METHODS: [&str; 4] = ["sendMessage", "sendPhoto", "sendDocument", "getMe"];
 
 impl Telegram {
     /// Builds the shared `reqwest::Client` and one `Bot` per alias. `pool_size` is how many idle
@@ -80,7 +85,11 @@ impl Telegram {
             })
             .collect::<HashMap<_, _>>();
         let tokens = bots.values().map(|b| b.token().to_string()).collect();
-        Ok(Self { bots, tokens })
+        let urls = bots
+            .iter()
+            .flat_map(|(alias, bot)| KNOWN_METHODS.map(|m| ((alias.clone(), m), method_url(bot, m))))
+            .collect();
+        Ok(Self { bots, urls, tokens })
     }
 
     pub fn has_bot(&self, alias: &str) -> bool {
@@ -95,7 +104,14 @@ impl Telegram {
     /// [`RawAnswer`] for the classifier. `None` when the alias is unknown.
     pub async fn call(&self, alias: &str, method: &str, body: Vec<u8>) -> Option<RawAnswer> {
         let bot = self.bots.get(alias)?;
-        let url = method_url(bot, method);
+        let url = match KNOWN_METHODS.iter().find(|m| **m == method) {
+            Some(known) => self
+                .urls
+                .get(&(alias.to_string(), *known))
+                .cloned()
+                .unwrap_or_else(|| method_url(bot, method)),
+            None => method_url(bot, method),
+        };
         let response = bot
             .client()
             .post(url)

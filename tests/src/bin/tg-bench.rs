@@ -55,7 +55,7 @@ enum Scenario {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    shared::telemetry::init(shared::config::LogFormat::Text, "bench");
+    let _log_guard = shared::telemetry::init(shared::config::LogFormat::Text, "bench");
     // The one runtime of this process.
     #[allow(clippy::disallowed_methods)]
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

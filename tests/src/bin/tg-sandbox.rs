@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     };
     let tokens =
         env.non_empty("SANDBOX_TOKENS").map(|t| t.split(',').map(|s| s.trim().to_string()).collect());
-    shared::telemetry::init(LogFormat::from_env(&env).unwrap_or(LogFormat::Text), "sandbox");
+    let _log_guard = shared::telemetry::init(LogFormat::from_env(&env).unwrap_or(LogFormat::Text), "sandbox");
 
     // The one runtime of this process.
     #[allow(clippy::disallowed_methods)]
