@@ -302,6 +302,12 @@ impl Budgets {
         }
     }
 
+    /// See [`Pacer::try_reserve_global`]. Only with local budgets: shared ones always go through
+    /// the gate, which serves waiters across the bot's budget in order.
+    pub fn try_reserve_global_now(&self, paid: bool, slack: Duration) -> bool {
+        self.redis.is_none() && self.local.try_reserve_global(paid, Instant::now(), slack)
+    }
+
     /// See [`Pacer::depart`]: the departure window is per worker in every mode.
     pub fn depart(&self, paid: bool, now: Instant) -> Result<(), Duration> {
         self.local.depart(paid, now)

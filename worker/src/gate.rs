@@ -72,8 +72,13 @@ impl Gate {
         self.lock().waiters.iter().filter(|Reverse(w)| w.priority <= priority).count()
     }
 
-    /// Waits for a slot. Earlier `priority` is served first; equal priorities in arrival order.
-    pub async fn acquire(&self, priority: Instant) -> Result<(), Closed> {
+    /// Waits for a slot of `budgets`' global (or paid) budget. Earlier `priority` is served first;
+    /// equal priorities in arrival order. When nobody is waiting and a slot is free right now, the
+    /// caller takes it itself, without a hop through the gate's task.
+    pub async fn acquire(&self, budgets: &Budgets, paid: bool, priority: Instant) -> Result<(), Closed> {
+        if self.lock().waiters.is_empty() && budgets.try_reserve_global_now(paid, TIMER_RESOLUTION) {
+            return Ok(());
+        }
         let (grant, granted) = oneshot::channel();
         {
             let mut queue = self.lock();
@@ -155,17 +160,19 @@ mod tests {
         let mut tasks = Vec::new();
         for n in 0..20 {
             let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
+            let budgets_for_task = Arc::clone(&budgets_under_test);
             tasks.push(tokio::spawn(async move {
-                gate.acquire(t0 + Duration::from_secs(1)).await.unwrap();
+                gate.acquire(&budgets_for_task, false, t0 + Duration::from_secs(1)).await.unwrap();
                 order.lock().unwrap().push((format!("new{n}"), Instant::now() - t0));
             }));
         }
         tokio::time::sleep(Duration::from_millis(350)).await;
         // An "old" waiter (received at t0) arrives later but is served at the very next slot.
         let (gate2, order2) = (Arc::clone(&gate), Arc::clone(&order));
+        let budgets2 = Arc::clone(&budgets_under_test);
         assert!(gate.ahead_of(t0) == 0 && gate.ahead_of(t0 + Duration::from_secs(1)) > 10);
         tasks.push(tokio::spawn(async move {
-            gate2.acquire(t0).await.unwrap();
+            gate2.acquire(&budgets2, false, t0).await.unwrap();
             order2.lock().unwrap().push(("old".to_string(), Instant::now() - t0));
         }));
         for task in tasks {
@@ -189,11 +196,15 @@ mod tests {
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&gate).run(Arc::clone(&budgets_under_test), false, stop.clone()));
         let t0 = Instant::now();
-        gate.acquire(t0).await.unwrap();
-        // This one gives up before its slot (at t0 + 1 s).
-        let gave_up = tokio::time::timeout(Duration::from_millis(500), gate.acquire(t0)).await;
-        assert!(gave_up.is_err());
-        gate.acquire(t0).await.unwrap();
+        // Three waiters queued at once (the gate's task serves them in order, one a second)…
+        let b = &budgets_under_test;
+        let (first, gives_up, last) =
+            (gate.acquire(b, false, t0), gate.acquire(b, false, t0), gate.acquire(b, false, t0));
+        tokio::pin!(first, gives_up, last);
+        // …the first is served now (fast path); the second gives up before its slot.
+        (&mut first).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(500), &mut gives_up).await.is_err());
+        (&mut last).await.unwrap();
         let waited = Instant::now() - t0;
         assert!(waited <= Duration::from_millis(2100), "{waited:?}");
         stop.cancel();

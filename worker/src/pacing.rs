@@ -270,6 +270,25 @@ impl Pacer {
         budget.reserve(now, not_before, self.limits.interval(per_sec), Duration::ZERO)
     }
 
+    /// Takes a global (or paid) slot only if one is free within `slack` of `now`; `false` reserves
+    /// nothing. (The gate's fast path: a free slot and nobody waiting.)
+    pub fn try_reserve_global(&self, paid: bool, now: Instant, slack: Duration) -> bool {
+        let mut state = self.lock();
+        if state.bot_paused_until.is_some_and(|until| until > now) {
+            return false;
+        }
+        let (budget, per_sec) = if paid {
+            (&mut state.paid, self.limits.paid_per_sec)
+        } else {
+            (&mut state.global, self.limits.global_per_sec)
+        };
+        if budget.tat.is_some_and(|tat| tat > now + slack) {
+            return false;
+        }
+        budget.reserve(now, now, self.limits.interval(per_sec), Duration::ZERO);
+        true
+    }
+
     /// Records a send leaving now, or says how long to wait so that no one-second window holds
     /// more sends than the budget's limit.
     pub fn depart(&self, paid: bool, now: Instant) -> Result<(), Duration> {

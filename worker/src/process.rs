@@ -336,7 +336,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             if chat_ready > Instant::now() {
                 tokio::time::sleep_until(chat_ready).await;
             }
-            gate.acquire(job.received).await
+            gate.acquire(&bot.budgets, paid, job.received).await
         };
         let wait_started = Instant::now();
         let granted = tokio::select! {
