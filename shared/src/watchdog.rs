@@ -61,26 +61,3 @@ pub async fn run(threshold: Duration, stats: Arc<StallStats>, stop: Cancellation
         expected = now + TICK;
     }
 }
-
-#[cfg(test)]
-#[allow(clippy::disallowed_methods)] // the test blocks its own runtime on purpose
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_blocking_section_is_reported_with_its_length() {
-        let stats = Arc::new(StallStats::default());
-        let stop = CancellationToken::new();
-        let watchdog = tokio::spawn(run(Duration::from_millis(100), Arc::clone(&stats), stop.clone()));
-        // Let it start and tick once unblocked.
-        tokio::time::sleep(TICK * 2).await;
-        assert_eq!(stats.stalls(), 0, "an idle runtime is not stalled");
-        // The injected fault: synchronous sleep on the (single) runtime thread.
-        std::thread::sleep(Duration::from_millis(300));
-        tokio::time::sleep(TICK * 2).await;
-        stop.cancel();
-        watchdog.await.unwrap();
-        assert_eq!(stats.stalls(), 1);
-        assert!(stats.max_stall() >= Duration::from_millis(200), "{:?}", stats.max_stall());
-    }
-}

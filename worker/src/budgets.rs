@@ -236,17 +236,28 @@ impl Budgets {
 
     /// See [`Pacer::reserve_chat`].
     pub async fn reserve_chat(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
-        if self.redis.is_none() {
-            return self.local.reserve_chat(chat, now, not_before);
-        }
-        let step = self.limits.chat_interval(chat);
-        let tolerance = step * self.limits.chat_burst.saturating_sub(1);
-        let keys = [self.chat_key("c", chat), self.chat_key("pc", chat)];
-        let args = [micros(step), micros(tolerance), micros(not_before.saturating_duration_since(now))];
-        match self.script(RESERVE, &keys, &args).await {
-            Some(wait) => Instant::now() + from_micros(wait),
+        match self.reserve_shared_chat("c", chat, now, not_before).await {
+            Some(slot) => slot,
             None => self.local.reserve_chat(chat, now, not_before),
         }
+    }
+
+    /// One of a chat's shared budgets (`c`: slots in receipt order, `s`: actual sends), or `None`
+    /// when the local budgets apply.
+    async fn reserve_shared_chat(
+        &self,
+        kind: &str,
+        chat: &ChatId,
+        now: Instant,
+        not_before: Instant,
+    ) -> Option<Instant> {
+        self.redis.as_ref()?;
+        let step = self.limits.chat_interval(chat);
+        let tolerance = step * self.limits.chat_burst.saturating_sub(1);
+        let keys = [self.chat_key(kind, chat), self.chat_key("pc", chat)];
+        let args = [micros(step), micros(tolerance), micros(not_before.saturating_duration_since(now))];
+        let wait = self.script(RESERVE, &keys, &args).await?;
+        Some(Instant::now() + from_micros(wait))
     }
 
     /// See [`Pacer::observe_chat_slot`].
@@ -263,15 +274,8 @@ impl Budgets {
 
     /// See [`Pacer::reserve_chat_send`].
     pub async fn reserve_chat_send(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
-        if self.redis.is_none() {
-            return self.local.reserve_chat_send(chat, now, not_before);
-        }
-        let step = self.limits.chat_interval(chat);
-        let tolerance = step * self.limits.chat_burst.saturating_sub(1);
-        let keys = [self.chat_key("s", chat), self.chat_key("pc", chat)];
-        let args = [micros(step), micros(tolerance), micros(not_before.saturating_duration_since(now))];
-        match self.script(RESERVE, &keys, &args).await {
-            Some(wait) => Instant::now() + from_micros(wait),
+        match self.reserve_shared_chat("s", chat, now, not_before).await {
+            Some(slot) => slot,
             None => self.local.reserve_chat_send(chat, now, not_before),
         }
     }

@@ -288,3 +288,21 @@ fn rabbit_addr() -> std::net::SocketAddr {
     let host = if uri.authority.host == "localhost" { "127.0.0.1".to_string() } else { uri.authority.host };
     format!("{host}:{}", uri.authority.port).parse().expect("an ip:port broker address")
 }
+
+/// The injected fault: synchronous sleep on the test's (single-threaded) runtime, exactly what the
+/// watchdog exists to catch in production code.
+#[tokio::test]
+async fn the_stall_watchdog_reports_an_injected_blocking_section_with_its_length() {
+    use shared::watchdog::{run, StallStats, TICK};
+    let stats = Arc::new(StallStats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watchdog = tokio::spawn(run(Duration::from_millis(100), Arc::clone(&stats), stop.clone()));
+    tokio::time::sleep(TICK * 2).await;
+    assert_eq!(stats.stalls(), 0, "an idle runtime is not stalled");
+    std::thread::sleep(Duration::from_millis(300));
+    tokio::time::sleep(TICK * 2).await;
+    stop.cancel();
+    watchdog.await.unwrap();
+    assert_eq!(stats.stalls(), 1);
+    assert!(stats.max_stall() >= Duration::from_millis(200), "{:?}", stats.max_stall());
+}
