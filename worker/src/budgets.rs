@@ -138,6 +138,9 @@ pub struct Budgets {
     local: Pacer,
     /// Full (unscaled) limits, used for the shared budgets.
     limits: Limits,
+    /// The departure window at the full limits, for when budgets are shared (the local pacer's
+    /// window is scaled by `RATE_SHARE`).
+    shared_departures: Pacer,
     redis: Option<(RedisStore, String)>,
     health: Health,
     bot: String,
@@ -153,6 +156,7 @@ impl Budgets {
         });
         Self {
             local: Pacer::new(limits.scaled(share)),
+            shared_departures: Pacer::new(limits),
             limits,
             redis,
             health: Health { healthy: AtomicBool::new(true), retry_at: Mutex::new(None) },
@@ -312,9 +316,14 @@ impl Budgets {
         self.redis.is_none() && self.local.try_reserve_global(paid, Instant::now(), slack)
     }
 
-    /// See [`Pacer::depart`]: the departure window is per worker in every mode.
+    /// See [`Pacer::depart`]: the departure window is per worker in every mode, at the full limits
+    /// when budgets are shared and at this worker's share otherwise.
     pub fn depart(&self, paid: bool, now: Instant) -> Result<(), Duration> {
-        self.local.depart(paid, now)
+        if self.mode() == Mode::Shared {
+            self.shared_departures.depart(paid, now)
+        } else {
+            self.local.depart(paid, now)
+        }
     }
 
     /// See [`Pacer::paused_until`].

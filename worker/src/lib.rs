@@ -431,6 +431,9 @@ pub(crate) fn spawn_token_probe(inner: &Arc<Inner>, alias: &str) {
             let answer = inner.telegram.call(&alias, "getMe", b"{}".to_vec()).await;
             if matches!(answer.as_ref().map(classify), Some(Outcome::Delivered { .. })) {
                 if let Some(bot) = inner.bots.get(&alias) {
+                    // Probing ends before the token is accepted: a refusal right after starts a
+                    // new probe instead of finding this one still "running".
+                    bot.probing.store(false, Ordering::SeqCst);
                     bot.accept_token();
                 }
                 tracing::info!(bot = %alias, "Telegram accepts the bot's token again; sending resumes");

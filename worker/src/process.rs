@@ -41,6 +41,10 @@ pub(crate) const BAD_TOKEN_RECHECK: Duration = Duration::from_secs(30);
 /// First retry delay; doubles per failed attempt, with ±50 % jitter, up to [`RETRY_MAX_DELAY`].
 const RETRY_BASE_DELAY: Duration = Duration::from_secs(1);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(900);
+/// How much longer than `RATE_MAX_HOLD_SECS` a request may wait at the gate before it is parked.
+const GATE_WAIT_MARGIN: Duration = Duration::from_secs(5);
+/// Latest a `x-tg-slot` / `x-tg-not-before` header may point (a producer could set anything).
+const MAX_HEADER_DELAY: Duration = Duration::from_secs(86_400);
 /// How long events are skipped after the broker returned one as unroutable (no queue bound).
 const EVENTS_UNROUTED_PAUSE: Duration = Duration::from_secs(1);
 /// Attempts and spacing for publishing a delivery event while the broker connection recovers.
@@ -206,8 +210,10 @@ pub(crate) async fn accept(inner: &Arc<Inner>, delivery: Delivery) {
     let headers = delivery.properties.headers().as_ref();
     let carried = Carried::from_headers(headers);
     let now = Instant::now();
-    let header_instant =
-        |name: &str| headers.and_then(|h| h.inner().get(name)).and_then(as_u64).map(instant_from_ms);
+    let header_instant = |name: &str| {
+        let instant = headers.and_then(|h| h.inner().get(name)).and_then(as_u64).map(instant_from_ms)?;
+        Some(instant.min(now + MAX_HEADER_DELAY))
+    };
     let slot = match header_instant(HEADER_SLOT) {
         Some(slot) => {
             bot.budgets.observe_chat_slot(request.chat_id(), slot).await;
@@ -300,7 +306,12 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
     let mut request = job.request.clone();
     let mut carried = job.carried.clone();
     let settled = || job.settled.store(true, Ordering::SeqCst);
-    let Some(bot) = inner.bots.get(request.bot()) else { return };
+    let Some(bot) = inner.bots.get(request.bot()) else {
+        // `accept` checked the alias; unreachable unless the bot list changes at run time.
+        requeue(inner, delivery, "unknown bot alias").await;
+        settled();
+        return;
+    };
     let hold = inner.config.max_hold;
     let mut migrations = 0;
     loop {
@@ -309,7 +320,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         }
         if bot.token_refused() {
             let until = Instant::now() + BAD_TOKEN_RECHECK;
-            park_request(inner, &job, &request, &carried, until, "bot token refused", None);
+            park_request(inner, &job, &request, &carried, until, "bot token refused", None).await;
             settled();
             return;
         }
@@ -317,7 +328,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         let now = Instant::now();
         let paused = bot.budgets.paused_until(request.chat_id(), now).await;
         if paused - now > hold {
-            park_request(inner, &job, &request, &carried, paused, "flood wait", None);
+            park_request(inner, &job, &request, &carried, paused, "flood wait", None).await;
             settled();
             return;
         }
@@ -328,7 +339,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             gate::estimated_wait(gate.ahead_of(job.received), bot.budgets.limits().global_interval(paid));
         let expected = chat_ready.max(now + queue_wait);
         if expected - now > hold {
-            park_request(inner, &job, &request, &carried, expected, "global budget", None);
+            park_request(inner, &job, &request, &carried, expected, "global budget", None).await;
             settled();
             return;
         }
@@ -339,20 +350,43 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             gate.acquire(&bot.budgets, paid, job.received).await
         };
         let wait_started = Instant::now();
+        // The estimate sees only this worker's waiters: bound the wait, and park past it rather
+        // than hold the delivery towards the broker's consumer timeout.
         let granted = tokio::select! {
-            granted = waited => granted.is_ok(),
-            _ = inner.shutdown.requested() => false,
+            biased;
+            _ = inner.shutdown.requested() => None,
+            granted = tokio::time::timeout(hold + GATE_WAIT_MARGIN, waited) => Some(granted),
         };
         metrics::histogram!("tg_pacing_wait_seconds").record(wait_started.elapsed().as_secs_f64());
-        if !granted {
-            requeue(inner, delivery, "shutting down before the send").await;
-            settled();
-            return;
+        match granted {
+            Some(Ok(Ok(()))) => {}
+            Some(Err(_elapsed)) => {
+                park_request(inner, &job, &request, &carried, Instant::now(), "global budget", None).await;
+                settled();
+                return;
+            }
+            Some(Ok(Err(_))) | None => {
+                requeue(inner, delivery, "shutting down before the send").await;
+                settled();
+                return;
+            }
         }
         while let Err(wait) = bot.budgets.depart(paid, Instant::now()) {
             tokio::time::sleep(wait).await;
         }
 
+        // Last look before the send: a channel that died while this waited means the broker has
+        // already handed the message out again (and an id delivered meanwhile is not sent twice).
+        if !delivery.acker.usable() {
+            settled();
+            return;
+        }
+        if inner.recent.contains(request.id()) {
+            tracing::info!("already delivered: acking without sending again");
+            settle(ack(delivery).await, "ack of a duplicate");
+            settled();
+            return;
+        }
         let started = Instant::now();
         bot.budgets.record_chat_send(request.chat_id(), started).await;
         metrics::gauge!("tg_in_flight").increment(1.0);
@@ -366,7 +400,11 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         };
         metrics::gauge!("tg_in_flight").decrement(1.0);
         inner.stats.sending.fetch_sub(1, Ordering::Relaxed);
-        let Some(answer) = answer else { return };
+        let Some(answer) = answer else {
+            requeue(inner, delivery, "unknown bot alias").await;
+            settled();
+            return;
+        };
         let latency = started.elapsed();
         metrics::histogram!("tg_send_seconds").record(latency.as_secs_f64());
         let latency_ms = latency.as_millis() as u64;
@@ -441,7 +479,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 count_outcome(request.bot(), "retrying");
                 let event = Event::retrying(&request, &carried, &failure);
                 let until = Instant::now() + delay;
-                park_request(inner, &job, &request, &carried, until, "retry", Some(event));
+                park_request(inner, &job, &request, &carried, until, "retry", Some(event)).await;
                 settled();
                 return;
             }
@@ -475,7 +513,7 @@ fn retry_delay(attempts: u32) -> Duration {
 /// Parks a request that is being handled (retry, flood, bad token): its current body (a migration
 /// may have changed it), its carried state, and "not before `until`". It gets a new chat slot when
 /// it returns.
-fn park_request(
+async fn park_request(
     inner: &Inner,
     job: &Arc<Job>,
     request: &SendRequest,
@@ -484,10 +522,27 @@ fn park_request(
     why: &'static str,
     event: Option<Event>,
 ) {
+    if inner.shutdown.is_triggered() {
+        // The parking task may already have finished: give it back to the queue instead.
+        requeue(inner, &job.delivery, "shutting down instead of parking").await;
+        return;
+    }
     let mut headers = job.delivery.properties.headers().clone().unwrap_or_default();
     carried.write(&mut headers);
-    remove_header(&mut headers, HEADER_SLOT);
-    headers.insert(HEADER_NOT_BEFORE.into(), AMQPValue::LongLongInt(ms_from_instant(until) as i64));
+    if why == "retry" {
+        // A retried request takes a new place in its chat when it returns.
+        remove_header(&mut headers, HEADER_SLOT);
+        headers.insert(HEADER_NOT_BEFORE.into(), AMQPValue::LongLongInt(ms_from_instant(until) as i64));
+    } else {
+        // Waiting for a pause, the global budget or a token: keep the chat's order by taking the
+        // chat slot now, in lane order, so requests parked for one chat return in that order.
+        let slot = match inner.bots.get(request.bot()) {
+            Some(bot) => bot.budgets.reserve_chat(request.chat_id(), Instant::now(), until).await,
+            None => until,
+        };
+        remove_header(&mut headers, HEADER_NOT_BEFORE);
+        headers.insert(HEADER_SLOT.into(), AMQPValue::LongLongInt(ms_from_instant(slot) as i64));
+    }
     let parking = Parking {
         held: Held::InJob(Arc::clone(job)),
         body: request.to_json(),
@@ -496,7 +551,9 @@ fn park_request(
         why,
         event,
     };
-    let _ = inner.parking.send(parking);
+    if let Err(refused) = inner.parking.send(parking) {
+        requeue(inner, refused.0.held.delivery(), "the parking task has stopped").await;
+    }
 }
 
 fn park(inner: &Inner, parking: Parking) {
@@ -519,6 +576,11 @@ pub(crate) async fn run_parking(inner: Arc<Inner>, mut queue: mpsc::UnboundedRec
         };
         let queue_name = inner.topology.delay_queue(parking.tier);
         let delivery = parking.held.delivery();
+        if !delivery.acker.usable() {
+            // Its channel died while it waited here: the broker has it again; a copy would be a
+            // duplicate.
+            continue;
+        }
         let properties = delivery.properties.clone().with_headers(parking.headers);
         let outgoing = Outgoing {
             exchange: "",
@@ -549,6 +611,10 @@ pub(crate) async fn run_parking(inner: Arc<Inner>, mut queue: mpsc::UnboundedRec
 /// Publishes the delivery to the dead-letter exchange with the reason, and acks it only once the
 /// broker confirmed the dead letter. If that publish fails, the delivery goes back to the queue.
 pub(crate) async fn dead_letter(inner: &Inner, delivery: &Delivery, bot: Option<&str>, failure: &Failure) {
+    if !delivery.acker.usable() {
+        // The broker took it back with the channel; it will be handled again.
+        return;
+    }
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     let reason: String = failure.reason().chars().take(255).collect();
     headers.insert(HEADER_ERROR.into(), AMQPValue::LongString(reason.as_str().into()));
