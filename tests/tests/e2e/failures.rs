@@ -168,7 +168,9 @@ async fn a_message_redelivered_past_the_delivery_limit_ends_in_the_dead_queue() 
         .await
         .unwrap();
     let mut deliveries = 0;
+    let until = tokio::time::Instant::now() + DEADLINE;
     while env.depth(&env.topology.dead_queue()).await == 0 {
+        assert!(tokio::time::Instant::now() < until, "not dead-lettered after {deliveries} deliveries");
         let next = tokio::time::timeout(std::time::Duration::from_millis(500), consumer.next()).await;
         if let Ok(Some(Ok(delivery))) = next {
             deliveries += 1;
