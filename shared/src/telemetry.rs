@@ -68,6 +68,13 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // lapin logs every returned (unroutable) message at warn, body included. Returns are expected
+    // (delivery events while nobody listens) and handled where they happen (`PublishError`), and
+    // bodies never belong in logs.
+    let filter = match "lapin::returned_messages=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let instance = instance.to_string();
     match format {
         LogFormat::Text => {

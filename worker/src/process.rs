@@ -418,7 +418,8 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                     latency_ms,
                     outcome = "delivered",
                     message_id,
-                    "delivered    "
+                    "{}",
+                    outcome_line("delivered", latency_ms, attempt)
                 );
                 inner.recent.insert(request.id());
                 if settle(ack(delivery).await, "ack") {
@@ -436,7 +437,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 let bot_wide = bot.budgets.flood(request.chat_id(), now, now + after).await;
                 metrics::counter!("tg_floods_total", "bot" => request.bot().to_string()).increment(1);
                 tracing::warn!(method, attempt, latency_ms, outcome = "flood", retry_after_s = after.as_secs(),
-                    bot_wide, reason = %failure.reason(), "flood");
+                    bot_wide, reason = %failure.reason(), "{}", outcome_line("flood", latency_ms, attempt));
                 // Not a failed attempt: the loop waits for the pause (or parks) and resends.
             }
             Outcome::Migrated { to, failure } => {
@@ -474,7 +475,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 }
                 let delay = retry_delay(carried.attempts);
                 tracing::warn!(method, attempt, latency_ms, outcome = "retrying", retry_in_ms = delay.as_millis() as u64,
-                    reason = %failure.reason(), "retrying");
+                    reason = %failure.reason(), "{}", outcome_line("retrying", latency_ms, attempt));
                 inner.stats.retried.fetch_add(1, Ordering::Relaxed);
                 count_outcome(request.bot(), "retrying");
                 let event = Event::retrying(&request, &carried, &failure);
@@ -485,7 +486,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             }
             Outcome::DeadLetter(failure) => {
                 tracing::warn!(method, attempt, latency_ms, outcome = "dead_lettered",
-                    class = failure.class.as_str(), reason = %failure.reason(), "dead-lettered");
+                    class = failure.class.as_str(), reason = %failure.reason(), "{}", outcome_line("dead-lettered", latency_ms, attempt));
                 Box::pin(dead_letter(inner, delivery, Some(request.bot()), &failure)).await;
                 settled();
                 count_outcome(request.bot(), "failed");
@@ -503,6 +504,11 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             }
         }
     }
+}
+
+/// The message of an outcome line: fixed-width columns, so lines on a terminal line up.
+fn outcome_line(outcome: &str, latency_ms: u64, attempt: u32) -> String {
+    format!("{outcome:<13} {latency_ms:>6} ms  attempt {attempt}")
 }
 
 fn retry_delay(attempts: u32) -> Duration {

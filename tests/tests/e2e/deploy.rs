@@ -110,6 +110,8 @@ async fn json_logs_are_one_object_per_line_with_the_instance_and_never_the_token
     env.sandbox.set_chat("91", Some(ChatBehaviour::Blocked));
     let logs = run_worker_binary_for_logs(&env, "json").await;
     assert!(!logs.contains(TOKEN) && !logs.contains("TEST-sandbox-token"), "the token leaked:\n{logs}");
+    // Events go unrouted here (nobody listens); lapin must not log them, bodies included.
+    assert!(!logs.contains("BasicReturnMessage"), "a returned message was logged:\n{logs}");
     let lines: Vec<Value> = logs
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
