@@ -29,12 +29,6 @@ impl Shutdown {
         }
     }
 
-    /// Skips straight to the immediate stage.
-    pub fn trigger_immediate(&self) {
-        self.graceful.cancel();
-        self.immediate.cancel();
-    }
-
     pub fn is_triggered(&self) -> bool {
         self.graceful.is_cancelled()
     }

@@ -10,7 +10,7 @@
 //! loses a message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use deadpool_redis::redis::Script;
@@ -377,9 +377,6 @@ fn from_micros(value: i64) -> Duration {
 pub fn bot_id(token: &str) -> String {
     token.split(':').next().unwrap_or_default().to_string()
 }
-
-/// A shared handle.
-pub type SharedBudgets = Arc<Budgets>;
 
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // #[tokio::test] builds the test's runtime

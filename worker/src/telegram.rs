@@ -92,14 +92,6 @@ impl Telegram {
         Ok(Self { bots, urls, tokens })
     }
 
-    pub fn has_bot(&self, alias: &str) -> bool {
-        self.bots.contains_key(alias)
-    }
-
-    pub fn aliases(&self) -> impl Iterator<Item = &str> {
-        self.bots.keys().map(String::as_str)
-    }
-
     /// Calls `method` for bot `alias` with a JSON body. Never fails: every failure is a
     /// [`RawAnswer`] for the classifier. `None` when the alias is unknown.
     pub async fn call(&self, alias: &str, method: &str, body: Vec<u8>) -> Option<RawAnswer> {
