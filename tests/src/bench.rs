@@ -128,7 +128,7 @@ pub async fn pacing(amqp_url: &str, n: usize) -> anyhow::Result<String> {
         let worker = Worker::build(scratch.worker_config(&sandbox, &[])?, shutdown.clone()).await?;
         let running = tokio::spawn(worker.run());
         let budget = Duration::from_secs_f64(n as f64 / 30.0 * 1.5 + 30.0);
-        let finished = wait_until(budget, || sandbox.stats().accepted as usize >= n).await;
+        let finished = wait_until(budget, || sandbox.accepted_count() as usize >= n).await;
         shutdown.trigger();
         let _ = running.await;
         let stats = sandbox.stats();
@@ -205,8 +205,19 @@ pub struct PerfOptions {
     pub size: usize,
     /// Path of the worker binary (RSS and idle CPU are measured on its process).
     pub worker_binary: std::path::PathBuf,
+    /// Path of `tg-bench` itself: its hidden `bare-loop` command is the reference consumer.
+    pub bench_binary: std::path::PathBuf,
     /// Seconds of the light-load latency run (at 100 requests/s) and of the idle CPU sample.
     pub light_secs: u64,
+    /// Measurements to run besides the ceilings (1a, 1b): any of `2`, `3a`, `3c`, `3b`, `4`, `5`;
+    /// empty runs them all.
+    pub only: Vec<String>,
+}
+
+impl PerfOptions {
+    fn runs(&self, measurement: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == measurement)
+    }
 }
 
 struct Row {
@@ -217,6 +228,11 @@ struct Row {
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The rate of `n` events of which the first and the last are `span` apart: `n - 1` intervals.
+fn rate_between(n: usize, span: Duration) -> f64 {
+    rate(n.saturating_sub(1), span)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -254,17 +270,20 @@ async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16) -> anyhow::Resu
             Default::default(),
         )
         .await?;
-    let started = Instant::now();
+    // Timed from the first delivery to the last ack, as the worker is timed from its first send
+    // to its last: connecting and the first delivery's way from the broker are left out of both.
+    let mut started = None;
     let mut count = 0;
     while count < n {
         let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .context("raw consumer stalled")?
             .context("consumer closed")??;
+        started.get_or_insert_with(Instant::now);
         delivery.acker.ack(BasicAckOptions::default()).await?;
         count += 1;
     }
-    let elapsed = started.elapsed();
+    let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
     let _ = connection.close(200, "done".into()).await;
     Ok(elapsed)
 }
@@ -342,19 +361,38 @@ async fn start_dispatcher(scratch: &Scratch) -> anyhow::Result<RunningDispatcher
     Ok(RunningDispatcher { addr, shutdown, task })
 }
 
-/// A worker process under measurement.
+/// What consumes the backlog in a throughput measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consumer {
+    /// The product: a `tg-worker` process with limits off.
+    Worker,
+    /// The reference: `tg-bench bare-loop` (see [`bare_loop`]).
+    BareLoop,
+}
+
+/// A consumer process under measurement.
 struct WorkerProcess {
     child: tokio::process::Child,
 }
 
 impl WorkerProcess {
     fn start(
-        binary: &std::path::Path,
+        options: &PerfOptions,
+        consumer: Consumer,
         scratch: &Scratch,
         sandbox: &Sandbox,
         prefetch: u16,
     ) -> anyhow::Result<Self> {
-        let child = tokio::process::Command::new(binary)
+        let mut command = match consumer {
+            Consumer::Worker => tokio::process::Command::new(&options.worker_binary),
+            Consumer::BareLoop => {
+                let mut command = tokio::process::Command::new(&options.bench_binary);
+                command.arg("bare-loop");
+                command
+            }
+        };
+        let binary = command.as_std().get_program().to_owned();
+        let child = command
             .env_clear()
             .env("AMQP_URL", &scratch.amqp_url)
             .env("QUEUE_PREFIX", scratch.topology.prefix())
@@ -373,7 +411,7 @@ impl WorkerProcess {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("failed to start {}", binary.display()))?;
+            .with_context(|| format!("failed to start {}", binary.to_string_lossy()))?;
         Ok(Self { child })
     }
 
@@ -410,6 +448,7 @@ impl WorkerProcess {
 async fn worker_throughput(
     scratch: &Scratch,
     options: &PerfOptions,
+    consumer: Consumer,
     latency: Duration,
     prefetch: u16,
     events_listener: bool,
@@ -437,15 +476,23 @@ async fn worker_throughput(
         None
     };
     scratch.prefill((0..options.n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
-    let worker = WorkerProcess::start(&options.worker_binary, scratch, &sandbox, prefetch)?;
-    let started = Instant::now();
-    let finished =
-        wait_until(Duration::from_secs(300), || sandbox.stats().accepted as usize >= options.n).await;
-    let elapsed = started.elapsed();
+    let mut worker = WorkerProcess::start(options, consumer, scratch, &sandbox, prefetch)?;
+    let mut exited = None;
+    let finished = wait_until(Duration::from_secs(300), || {
+        exited = exited.or_else(|| worker.child.try_wait().ok().flatten());
+        exited.is_some() || sandbox.accepted_count() as usize >= options.n
+    })
+    .await;
+    if let Some(status) = exited.filter(|_| (sandbox.accepted_count() as usize) < options.n) {
+        anyhow::bail!("the {consumer:?} process exited ({status}) after {} sends", sandbox.accepted_count());
+    }
+    // From the first send the sandbox accepted to the last: the process start, its connection and
+    // the first delivery's way from the broker are left out, as they are for the raw consumer.
+    let elapsed = sandbox.accept_span();
     anyhow::ensure!(finished, "the worker delivered {} of {}", sandbox.stats().accepted, options.n);
     let rss = worker.peak_rss_mib();
     // Idle CPU: the backlog is done; sample the process's CPU time while nothing arrives.
-    let idle_cpu = if latency.is_zero() && prefetch == options.prefetch {
+    let idle_cpu = if consumer == Consumer::Worker && latency.is_zero() && prefetch == options.prefetch {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = worker.cpu_time();
         tokio::time::sleep(Duration::from_secs(options.light_secs)).await;
@@ -463,10 +510,53 @@ async fn worker_throughput(
     Ok((elapsed, rss, idle_cpu))
 }
 
+/// The reference consumer the worker is measured against (`tg-bench bare-loop`, a process of its
+/// own like the worker): a lapin consumer that hands every delivery to a task which parses the
+/// JSON, sends it with teloxide's typed `send_message` and acks it (one ack per message). No
+/// pacing, classification, events, dedupe, parking or graceful shutdown. Reads the worker's
+/// variables (`QUEUE_PREFIX`, `WORKER_PREFETCH`, `TELEGRAM_*`); runs until it is killed.
+pub async fn bare_loop(amqp_url: &str) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+    use teloxide_core::requests::Requester;
+    use teloxide_core::types::ChatId;
+    let var = |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
+    let settings = AmqpSettings::new(amqp_url, &var("QUEUE_PREFIX")?)?;
+    let prefetch: u16 = var("WORKER_PREFETCH")?.parse().context("WORKER_PREFETCH")?;
+    let api_url = reqwest::Url::parse(&var("TELEGRAM_API_URL")?).context("TELEGRAM_API_URL")?;
+    let bot = teloxide_core::Bot::new(var("TELEGRAM_BOT_TOKEN")?).set_api_url(api_url);
+    let connection = connect(&settings, "tg-bench bare loop").await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let queue = Topology::new(settings.prefix.clone()).send_queue();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        let bot = bot.clone();
+        tokio::spawn(async move {
+            let request: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap_or_default();
+            let chat = request["params"]["chat_id"].as_i64().unwrap_or_default();
+            let text = request["params"]["text"].as_str().unwrap_or_default().to_string();
+            let _ = match bot.send_message(ChatId(chat), text).await {
+                Ok(_) => delivery.acker.ack(BasicAckOptions::default()).await,
+                Err(_) => delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await,
+            };
+        });
+    }
+    Ok(())
+}
+
 /// (4) Light load through the whole product: HTTP accept → sandbox received, 100 requests/s.
 async fn end_to_end_latency(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<Vec<Duration>> {
     let sandbox = Sandbox::start(SandboxConfig::default()).await?;
-    let worker = WorkerProcess::start(&options.worker_binary, scratch, &sandbox, options.prefetch)?;
+    let worker = WorkerProcess::start(options, Consumer::Worker, scratch, &sandbox, options.prefetch)?;
     let dispatcher = start_dispatcher(scratch).await?;
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/messages", dispatcher.addr);
@@ -484,7 +574,7 @@ async fn end_to_end_latency(scratch: &Scratch, options: &PerfOptions) -> anyhow:
         anyhow::ensure!(status == 202, "dispatcher answered {status}");
         sent_at.insert(text, at);
     }
-    wait_until(Duration::from_secs(30), || sandbox.stats().accepted as usize >= total).await;
+    wait_until(Duration::from_secs(30), || sandbox.accepted_count() as usize >= total).await;
     let mut latencies: Vec<Duration> = sandbox
         .received()
         .iter()
@@ -530,74 +620,112 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
         format!("{publish:.0} msg/s"),
         "ceiling".into(),
     ));
-    let consume = rate(n, raw_consume(scratch, n, options.prefetch).await?);
+    let consume = rate_between(n, raw_consume(scratch, n, options.prefetch).await?);
     rows.push(row("1b raw lapin consume + ack", format!("{consume:.0} msg/s"), "ceiling".into()));
     purge(scratch).await?;
 
-    let (elapsed, latencies) = dispatcher_ingress(scratch, n, options.clients, options.size).await?;
-    let ingress = rate(n, elapsed);
-    rows.push(row(
-        &format!("2  dispatcher POST /v1/messages, {} keep-alive clients", options.clients),
-        format!("{ingress:.0} req/s"),
-        format!("{:.2} of 1a", ingress / publish),
-    ));
-    rows.push(row(
-        "   latency p50 / p99",
-        format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
-        String::new(),
-    ));
-    purge(scratch).await?;
+    if options.runs("2") {
+        let (elapsed, latencies) = dispatcher_ingress(scratch, n, options.clients, options.size).await?;
+        let ingress = rate(n, elapsed);
+        rows.push(row(
+            &format!("2  dispatcher POST /v1/messages, {} keep-alive clients", options.clients),
+            format!("{ingress:.0} req/s"),
+            format!("{:.2} of 1a", ingress / publish),
+        ));
+        rows.push(row(
+            "   latency p50 / p99",
+            format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
+            String::new(),
+        ));
+        purge(scratch).await?;
+    }
+    // 3a also gives the RSS at the default prefetch and the idle CPU (5).
+    let (mut rss, mut idle_cpu) = (None, None);
+    if options.runs("3a") || options.runs("5") {
+        let (elapsed, peak, idle) =
+            worker_throughput(scratch, options, Consumer::Worker, Duration::ZERO, options.prefetch, false)
+                .await?;
+        (rss, idle_cpu) = (peak, idle);
+        let instant = rate_between(n, elapsed);
+        rows.push(row(
+            "3a worker, instant sandbox, limits off",
+            format!("{instant:.0} msg/s"),
+            format!("{:.2} of 1b", instant / consume),
+        ));
+        if options.runs("3a") {
+            let (elapsed, _, _) = worker_throughput(
+                scratch,
+                options,
+                Consumer::BareLoop,
+                Duration::ZERO,
+                options.prefetch,
+                false,
+            )
+            .await?;
+            let bare = rate_between(n, elapsed);
+            rows.push(row(
+                "   bare lapin + teloxide loop (reference), same backlog",
+                format!("{bare:.0} msg/s"),
+                format!("{:.2} of 1b", bare / consume),
+            ));
+            purge(scratch).await?;
+        }
+    }
+    if options.runs("3c") {
+        let (elapsed, _, _) =
+            worker_throughput(scratch, options, Consumer::Worker, Duration::ZERO, options.prefetch, true)
+                .await?;
+        let listened = rate_between(n, elapsed);
+        rows.push(row(
+            "3c worker, as 3a, with a queue bound to delivery events",
+            format!("{listened:.0} msg/s"),
+            format!("{:.2} of 1b", listened / consume),
+        ));
+    }
+    if options.runs("3b") {
+        let little = f64::from(options.prefetch) / 0.05;
+        for (consumer, label) in [
+            (Consumer::Worker, format!("3b worker, sandbox +50 ms per call (Little's law: {little:.0}/s)")),
+            (Consumer::BareLoop, "   bare lapin + teloxide loop (reference), +50 ms".to_string()),
+        ] {
+            let latency = Duration::from_millis(50);
+            let (elapsed, _, _) =
+                worker_throughput(scratch, options, consumer, latency, options.prefetch, false).await?;
+            let slow = rate_between(n, elapsed);
+            rows.push(row(&label, format!("{slow:.0} msg/s"), format!("{:.2} of Little", slow / little)));
+            purge(scratch).await?;
+        }
+    }
 
-    let (elapsed, rss, idle_cpu) =
-        worker_throughput(scratch, options, Duration::ZERO, options.prefetch, false).await?;
-    let instant = rate(n, elapsed);
-    rows.push(row(
-        "3a worker, instant sandbox, limits off",
-        format!("{instant:.0} msg/s"),
-        format!("{:.2} of 1b", instant / consume),
-    ));
-    let (elapsed, _, _) = worker_throughput(scratch, options, Duration::ZERO, options.prefetch, true).await?;
-    let listened = rate(n, elapsed);
-    rows.push(row(
-        "3c worker, as 3a, with a queue bound to delivery events",
-        format!("{listened:.0} msg/s"),
-        format!("{:.2} of 1b", listened / consume),
-    ));
-    let (elapsed, _, _) =
-        worker_throughput(scratch, options, Duration::from_millis(50), options.prefetch, false).await?;
-    let slow = rate(n, elapsed);
-    let little = f64::from(options.prefetch) / 0.05;
-    rows.push(row(
-        &format!("3b worker, sandbox +50 ms per call (Little's law: {little:.0}/s)"),
-        format!("{slow:.0} msg/s"),
-        format!("{:.2} of Little", slow / little),
-    ));
-    purge(scratch).await?;
+    if options.runs("4") {
+        let latencies = end_to_end_latency(scratch, options).await?;
+        rows.push(row(
+            "4  end to end at 100 req/s, HTTP accept → sandbox, p50 / p99",
+            format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
+            String::new(),
+        ));
+        purge(scratch).await?;
+    }
 
-    let latencies = end_to_end_latency(scratch, options).await?;
-    rows.push(row(
-        "4  end to end at 100 req/s, HTTP accept → sandbox, p50 / p99",
-        format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
-        String::new(),
-    ));
-    purge(scratch).await?;
-
-    let (_, rss_1000, _) = worker_throughput(scratch, options, Duration::ZERO, 1000, false).await?;
-    rows.push(row(
-        &format!("5  worker peak RSS during 3a (prefetch {})", options.prefetch),
-        rss.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
-        String::new(),
-    ));
-    rows.push(row(
-        "   worker peak RSS, same run at prefetch 1000",
-        rss_1000.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
-        String::new(),
-    ));
-    rows.push(row(
-        &format!("   worker CPU while idle ({} s sample)", options.light_secs),
-        idle_cpu.map(|c| format!("{c:.2} %")).unwrap_or_else(|| "n/a".into()),
-        String::new(),
-    ));
+    if options.runs("5") {
+        let (_, rss_1000, _) =
+            worker_throughput(scratch, options, Consumer::Worker, Duration::ZERO, 1000, false).await?;
+        rows.push(row(
+            &format!("5  worker peak RSS during 3a (prefetch {})", options.prefetch),
+            rss.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
+            String::new(),
+        ));
+        rows.push(row(
+            "   worker peak RSS, same run at prefetch 1000",
+            rss_1000.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
+            String::new(),
+        ));
+        rows.push(row(
+            &format!("   worker CPU while idle ({} s sample)", options.light_secs),
+            idle_cpu.map(|c| format!("{c:.2} %")).unwrap_or_else(|| "n/a".into()),
+            String::new(),
+        ));
+    }
     Ok(rows)
 }
 

@@ -240,6 +240,20 @@ impl Sandbox {
         self.state.counters.requests.load(Ordering::Relaxed)
     }
 
+    /// Sends accepted so far (cheap: a counter, unlike [`Sandbox::stats`]).
+    pub fn accepted_count(&self) -> u64 {
+        self.state.counters.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Time between the first and the last accepted send (µs resolution); zero before two.
+    pub fn accept_span(&self) -> Duration {
+        let times = lock(&self.state.accepted_at);
+        match (times.iter().min(), times.iter().max()) {
+            (Some(first), Some(last)) => Duration::from_micros(last - first),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// 429s answered so far.
     pub fn rate_limited_count(&self) -> u64 {
         self.state.counters.rate_limited.load(Ordering::Relaxed)
@@ -480,6 +494,11 @@ async fn answer(state: &SandboxState, bot_token: &str, method: &str, request: Re
         Ok(params) => params,
         Err(response) => return response,
     };
+    // Telegram reads method names case-insensitively (teloxide sends `SendMessage`).
+    let method = ["getMe", "sendMessage", "sendPhoto", "sendDocument"]
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(method))
+        .unwrap_or(method);
     match method {
         "getMe" => Json(json!({"ok": true, "result": {
             "id": bot_id.parse::<i64>().unwrap_or(0), "is_bot": true,

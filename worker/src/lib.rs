@@ -15,6 +15,7 @@ pub mod gate;
 pub mod lanes;
 pub mod pacing;
 mod process;
+mod settle;
 pub mod telegram;
 
 use std::collections::HashMap;
@@ -346,6 +347,11 @@ impl Session {
             .await
             .context("failed to start consuming")?;
         let _watch = shared::amqp::watch_connection(&connection, &name);
+        // Acks of this channel's deliveries, batched; stopped (after a last flush) before the
+        // channel closes.
+        let settler = settle::Settler::new(channel.clone());
+        let flusher_stop = tokio_util::sync::CancellationToken::new();
+        let flusher = tokio::spawn(Arc::clone(&settler).run(flusher_stop.clone()));
         if *failures > 0 {
             metrics::counter!("tg_amqp_reconnects_total", "connection" => "consume").increment(1);
             tracing::info!("broker connection restored; consuming again");
@@ -359,7 +365,7 @@ impl Session {
                 biased;
                 _ = inner.shutdown.requested() => break None,
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => process::accept(inner, delivery).await,
+                    Some(Ok(delivery)) => process::accept(inner, &settler, delivery).await,
                     Some(Err(error)) => break Some(anyhow::Error::new(error).context("consumer failed")),
                     None => break Some(anyhow::anyhow!("the broker cancelled the consumer")),
                 },
@@ -367,6 +373,8 @@ impl Session {
         };
         inner.consuming.store(false, Ordering::Relaxed);
         if let Some(error) = lost {
+            flusher_stop.cancel();
+            let _ = flusher.await;
             let _ = connection.close(200, "reconnecting".into()).await;
             return Err(error);
         }
@@ -377,6 +385,9 @@ impl Session {
             tracing::warn!(%error, "failed to cancel the consumer; closing the channel instead");
         }
         let summary = self.drain(started).await;
+        // Every ack queued by the drained tasks goes out before the channel closes.
+        flusher_stop.cancel();
+        let _ = flusher.await;
         let _ = channel.close(200, "shutting down".into()).await;
         let _ = connection.close(200, "shutting down".into()).await;
         Ok(Some(summary))

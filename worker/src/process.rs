@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::json;
@@ -31,6 +30,7 @@ use tracing::Instrument;
 use crate::classify::{classify, ErrorClass, Failure, Outcome};
 use crate::gate;
 use crate::lanes::Scheduled;
+use crate::settle::{Received, Settler};
 use crate::Inner;
 
 /// How many times one delivery follows `migrate_to_chat_id` before giving up (a loop guard).
@@ -91,7 +91,7 @@ impl Carried {
 
 /// A decoded delivery waiting in its lane for its chat slot.
 pub(crate) struct Job {
-    delivery: Delivery,
+    delivery: Received,
     request: SendRequest,
     carried: Carried,
     slot: Instant,
@@ -109,12 +109,12 @@ impl Scheduled for Job {
 
 /// A delivery owned outright (parked on receipt) or still inside its lane job (parked mid-handling).
 enum Held {
-    Owned(Box<Delivery>),
+    Owned(Box<Received>),
     InJob(Arc<Job>),
 }
 
 impl Held {
-    fn delivery(&self) -> &Delivery {
+    fn delivery(&self) -> &Received {
         match self {
             Held::Owned(delivery) => delivery,
             Held::InJob(job) => &job.delivery,
@@ -163,7 +163,8 @@ impl RecentIds {
 /// dead-lettered by a tracked task; valid ones get a chat slot and either join their lane or, when
 /// the slot is far off, are handed to the parking task (one task, so parked requests keep their
 /// order).
-pub(crate) async fn accept(inner: &Arc<Inner>, delivery: Delivery) {
+pub(crate) async fn accept(inner: &Arc<Inner>, settler: &Arc<Settler>, delivery: Delivery) {
+    let delivery = Received::new(delivery, settler);
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
     let parsed = SendRequest::from_json_or_id(&delivery.data, || {
         message_id
@@ -202,7 +203,7 @@ pub(crate) async fn accept(inner: &Arc<Inner>, delivery: Delivery) {
                 "already delivered: acking without sending again"
             );
             metrics::counter!("tg_duplicates_suppressed_total").increment(1);
-            settle(ack(&delivery).await, "ack of a duplicate");
+            ack(&delivery, "ack of a duplicate");
         });
         return;
     }
@@ -383,7 +384,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         }
         if inner.recent.contains(request.id()) {
             tracing::info!("already delivered: acking without sending again");
-            settle(ack(delivery).await, "ack of a duplicate");
+            ack(delivery, "ack of a duplicate");
             settled();
             return;
         }
@@ -422,7 +423,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                     outcome_line("delivered", latency_ms, attempt)
                 );
                 inner.recent.insert(request.id());
-                if settle(ack(delivery).await, "ack") {
+                if ack(delivery, "ack") {
                     inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 settled();
@@ -597,7 +598,7 @@ pub(crate) async fn run_parking(inner: Arc<Inner>, mut queue: mpsc::UnboundedRec
         };
         match inner.publisher.publish(outgoing).await {
             Ok(()) => {
-                if settle(ack(delivery).await, "ack after parking") {
+                if ack(delivery, "ack after parking") {
                     inner.stats.parked.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("tg_parked_total", "why" => parking.why).increment(1);
                     tracing::debug!(queue = %queue_name, why = parking.why, "parked in a delay queue");
@@ -616,7 +617,7 @@ pub(crate) async fn run_parking(inner: Arc<Inner>, mut queue: mpsc::UnboundedRec
 
 /// Publishes the delivery to the dead-letter exchange with the reason, and acks it only once the
 /// broker confirmed the dead letter. If that publish fails, the delivery goes back to the queue.
-pub(crate) async fn dead_letter(inner: &Inner, delivery: &Delivery, bot: Option<&str>, failure: &Failure) {
+pub(crate) async fn dead_letter(inner: &Inner, delivery: &Received, bot: Option<&str>, failure: &Failure) {
     if !delivery.acker.usable() {
         // The broker took it back with the channel; it will be handled again.
         return;
@@ -639,7 +640,7 @@ pub(crate) async fn dead_letter(inner: &Inner, delivery: &Delivery, bot: Option<
     };
     match inner.publisher.publish(outgoing).await {
         Ok(()) => {
-            if settle(ack(delivery).await, "ack after dead-lettering") {
+            if ack(delivery, "ack after dead-lettering") {
                 inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tg_dead_lettered_total", "class" => failure.class.as_str()).increment(1);
             }
@@ -652,20 +653,25 @@ pub(crate) async fn dead_letter(inner: &Inner, delivery: &Delivery, bot: Option<
 }
 
 /// Returns a delivery to the queue (it will be delivered again, to this or another worker).
-pub(crate) async fn requeue(inner: &Inner, delivery: &Delivery, why: &str) {
-    let options = BasicNackOptions { multiple: false, requeue: true };
-    if settle(delivery.acker.nack(options).await, "requeue") {
+pub(crate) async fn requeue(inner: &Inner, delivery: &Received, why: &str) {
+    if settle(delivery.requeue().await, "requeue") {
         inner.stats.requeued.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(why, "returned to the queue");
     }
 }
 
-async fn ack(delivery: &Delivery) -> lapin::Result<bool> {
-    delivery.acker.ack(BasicAckOptions::default()).await
+/// Queues the delivery's ack (see [`crate::settle`]); `false`, logged, when its channel is gone and
+/// the broker will redeliver it.
+fn ack(delivery: &Received, what: &str) -> bool {
+    let queued = delivery.ack();
+    if !queued {
+        tracing::warn!(what, "not settled: the channel is gone; the broker will redeliver");
+    }
+    queued
 }
 
-/// lapin's ack/nack answer `Ok(false)` when nothing was acked (channel closed or reconnected):
-/// the broker will redeliver. Logged, and reported as not settled.
+/// A requeue answers `Ok(false)` when nothing was sent (the channel is gone, or the delivery was
+/// already settled): the broker will redeliver. Logged, and reported as not settled.
 fn settle(result: lapin::Result<bool>, what: &str) -> bool {
     match result {
         Ok(true) => true,

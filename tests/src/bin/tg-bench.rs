@@ -43,7 +43,14 @@ enum Scenario {
         /// The worker binary to measure (default: tg-worker next to this binary).
         #[arg(long)]
         worker: Option<std::path::PathBuf>,
+        /// Run only these measurements besides the ceilings, e.g. `--only 3a,3b` (of 2, 3a, 3c,
+        /// 3b, 4, 5); all of them by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
+    /// The reference consumer `perf` starts as a process (internal).
+    #[command(hide = true)]
+    BareLoop,
     /// One busy chat queued before many others: do the others wait?
     HeadOfLine {
         #[arg(long, default_value_t = 300)]
@@ -69,16 +76,25 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.scenario {
             Scenario::Pacing { n } => tests::bench::pacing(&cli.amqp_url, n).await,
+            Scenario::BareLoop => tests::bench::bare_loop(&cli.amqp_url).await.map(|()| String::new()),
             Scenario::HeadOfLine { busy, others } => {
                 tests::bench::head_of_line(&cli.amqp_url, busy, others).await
             }
-            Scenario::Perf { n, clients, prefetch, size, light_secs, worker } => {
+            Scenario::Perf { n, clients, prefetch, size, light_secs, worker, only } => {
                 let worker_binary = match worker {
                     Some(path) => path,
                     None => std::env::current_exe()?.with_file_name("tg-worker"),
                 };
-                let options =
-                    tests::bench::PerfOptions { n, clients, prefetch, size, worker_binary, light_secs };
+                let options = tests::bench::PerfOptions {
+                    n,
+                    clients,
+                    prefetch,
+                    size,
+                    worker_binary,
+                    bench_binary: std::env::current_exe()?,
+                    light_secs,
+                    only,
+                };
                 tests::bench::perf(&cli.amqp_url, &options).await
             }
         }

@@ -18,7 +18,9 @@ async fn the_perf_benchmark_runs_and_prints_its_table() {
         prefetch: 32,
         size: 50,
         worker_binary: env!("CARGO_BIN_EXE_tg-worker-e2e").into(),
+        bench_binary: env!("CARGO_BIN_EXE_tg-bench").into(),
         light_secs: 1,
+        only: Vec::new(),
     };
     let table = tests::bench::perf(&crate::helpers::amqp_url(), &options).await.expect("benchmark ran");
     for line in [
@@ -26,7 +28,9 @@ async fn the_perf_benchmark_runs_and_prints_its_table() {
         "1b raw lapin consume",
         "2  dispatcher",
         "3a worker",
+        "bare lapin + teloxide loop (reference), same backlog",
         "3b worker",
+        "bare lapin + teloxide loop (reference), +50 ms",
         "4  end to end",
         "5  worker peak RSS",
         "idle",
