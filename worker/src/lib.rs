@@ -193,7 +193,9 @@ impl Worker {
         let telegram = Telegram::new(
             &config.bots,
             &config.telegram_api_url,
-            usize::from(config.prefetch),
+            // Idle connections kept: no more than can be busy at once (prefetch 1000 would
+            // otherwise keep up to 1000 connections and their buffers for 256 concurrent calls).
+            usize::from(config.prefetch).min(config.max_in_flight),
             config.telegram_timeout,
         )?;
         let redis = match &config.redis_url {

@@ -148,6 +148,12 @@ impl Departures {
     /// `Ok` records the departure at `now`; `Err` is how long to wait before trying again.
     fn depart(&mut self, limit: usize, now: Instant) -> Result<(), Duration> {
         let limit = limit.max(1);
+        // A departure more than a second old constrains nothing; without this a high limit (limits
+        // off, 10^6/s) would keep every departure ever made.
+        while self.times.front().is_some_and(|&t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            self.times.pop_front();
+        }
         if self.times.len() >= limit {
             let oldest = self.times[self.times.len() - limit];
             let free_at = oldest + Duration::from_secs(1);
@@ -340,6 +346,23 @@ mod tests {
     use super::*;
 
     const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn departures_forget_what_is_more_than_a_second_old() {
+        let mut departures = Departures::default();
+        let start = Instant::now();
+        for ms in 0..5_000u64 {
+            assert!(departures.depart(1_000_000, start + Duration::from_millis(ms)).is_ok());
+        }
+        assert!(departures.times.len() <= 1_000, "kept {}", departures.times.len());
+        // The rule itself still holds: 3 per second means the 4th waits for the 1st to age out.
+        let mut departures = Departures::default();
+        for _ in 0..3 {
+            assert!(departures.depart(3, start).is_ok());
+        }
+        assert_eq!(departures.depart(3, start + Duration::from_millis(400)), Err(Duration::from_millis(600)));
+        assert!(departures.depart(3, start + SEC).is_ok());
+    }
 
     /// Telegram's limits without the safety margin, so expected instants are round numbers.
     fn exact() -> Limits {

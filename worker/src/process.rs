@@ -6,12 +6,14 @@
 //! dead letter confirmed before the ack); moved to a delay queue (the copy confirmed before the
 //! ack); or returned to the queue. A delivery is never acked for a message that is nowhere else.
 
+use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
@@ -137,8 +139,11 @@ pub(crate) struct Parking {
 /// idempotency key) is acked without a second send. Bounded: the oldest ids are forgotten.
 #[derive(Default)]
 pub(crate) struct RecentIds {
-    inner: Mutex<(HashSet<String>, VecDeque<String>)>,
+    inner: Mutex<IdsInOrder>,
 }
+
+/// The ids for lookups, and the same ids (shared, one allocation each) oldest first.
+type IdsInOrder = (HashSet<Arc<str>>, VecDeque<Arc<str>>);
 
 impl RecentIds {
     fn contains(&self, id: &str) -> bool {
@@ -148,8 +153,10 @@ impl RecentIds {
     fn insert(&self, id: &str) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *guard;
-        if set.insert(id.to_string()) {
-            order.push_back(id.to_string());
+        if !set.contains(id) {
+            let id: Arc<str> = Arc::from(id);
+            set.insert(Arc::clone(&id));
+            order.push_back(id);
             if order.len() > RECENT_IDS {
                 if let Some(old) = order.pop_front() {
                     set.remove(&old);
@@ -256,8 +263,10 @@ pub(crate) async fn accept(inner: &Arc<Inner>, settler: &Arc<Settler>, delivery:
 async fn run_lane(inner: Arc<Inner>, key: LaneKey) {
     while let Some((due, wake)) = inner.lanes.head(&key) {
         if inner.shutdown.is_triggered() {
-            for job in inner.lanes.drain(&key) {
-                requeue(&inner, &job.delivery, "shutting down").await;
+            let jobs = inner.lanes.drain(&key);
+            for job in &jobs {
+                let requeueing = Box::pin(requeue(&inner, &job.delivery, "shutting down"));
+                requeueing.await;
             }
             continue;
         }
@@ -269,7 +278,8 @@ async fn run_lane(inner: Arc<Inner>, key: LaneKey) {
             }
             continue;
         }
-        let Some(job) = inner.lanes.pop(&key) else { continue };
+        // Into its `Arc` at once: a `Job` local would keep its room in the task across the await.
+        let Some(job) = inner.lanes.pop(&key).map(Arc::new) else { continue };
         if !job.delivery.acker.usable() {
             // Its channel died and the broker has put it back; sending now would duplicate it.
             tracing::debug!(id = job.request.id(), "skipping a delivery from a closed channel");
@@ -277,10 +287,10 @@ async fn run_lane(inner: Arc<Inner>, key: LaneKey) {
         }
         let span = tracing::info_span!("delivery", id = job.request.id(), bot = job.request.bot(),
             chat = %job.request.chat_id(), attempt = job.carried.attempts + 1);
-        let job = Arc::new(job);
-        let handled = AssertUnwindSafe(Box::pin(handle(&inner, Arc::clone(&job)).instrument(span)))
-            .catch_unwind()
-            .await;
+        // Boxed in a statement of its own: a temporary that lives across the `.await` keeps its
+        // room in this task's state machine even once moved into the box, and lanes are many.
+        let handling = Box::pin(handle(&inner, Arc::clone(&job)).instrument(span));
+        let handled = AssertUnwindSafe(handling).catch_unwind().await;
         if let Err(panic) = handled {
             let message = panic
                 .downcast_ref::<&str>()
@@ -304,7 +314,9 @@ async fn run_lane(inner: Arc<Inner>, key: LaneKey) {
 /// Sends one request whose chat slot has come, until it is settled.
 async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
     let delivery = &job.delivery;
-    let mut request = job.request.clone();
+    // Borrowed: only a migration changes the request, and cloning its params for every send would
+    // cost an allocation per field.
+    let mut request: Cow<'_, SendRequest> = Cow::Borrowed(&job.request);
     let mut carried = job.carried.clone();
     let settled = || job.settled.store(true, Ordering::SeqCst);
     let Some(bot) = inner.bots.get(request.bot()) else {
@@ -397,7 +409,9 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         // stays small.
         let answer = {
             let _permit = inner.sends.acquire().await;
-            Box::pin(inner.telegram.send(request.bot(), request.method(), request.params_json())).await
+            let sending =
+                Box::pin(inner.telegram.send(request.bot(), request.method(), request.params_json()));
+            sending.await
         };
         metrics::gauge!("tg_in_flight").decrement(1.0);
         inner.stats.sending.fetch_sub(1, Ordering::Relaxed);
@@ -428,7 +442,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 }
                 settled();
                 count_outcome(request.bot(), "delivered");
-                Box::pin(publish_event(inner, || Event::delivered(&request, &carried, message_id))).await;
+                publish_event(inner, || Event::delivered(&request, &carried, message_id)).await;
                 return;
             }
             Outcome::RetryAfter { after, failure } => {
@@ -446,13 +460,13 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 tracing::info!(method, attempt, latency_ms, outcome = "migrated", from = %request.chat_id(),
                     to, "group migrated to a supergroup; resending");
                 if migrations > MAX_MIGRATIONS {
-                    Box::pin(dead_letter(inner, delivery, Some(request.bot()), &failure)).await;
+                    dead_letter(inner, delivery, Some(request.bot()), &failure).await;
                     settled();
-                    Box::pin(publish_event(inner, || Event::failed(&request, &carried, &failure))).await;
+                    publish_event(inner, || Event::failed(&request, &carried, &failure)).await;
                     return;
                 }
                 carried.original_chat.get_or_insert_with(|| request.chat_id().to_string());
-                request.migrate_to(to);
+                request.to_mut().migrate_to(to);
             }
             Outcome::Retry(failure) => {
                 carried.attempts += 1;
@@ -468,10 +482,10 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                         ),
                         ..failure
                     };
-                    Box::pin(dead_letter(inner, delivery, Some(request.bot()), &failure)).await;
+                    dead_letter(inner, delivery, Some(request.bot()), &failure).await;
                     settled();
                     count_outcome(request.bot(), "failed");
-                    Box::pin(publish_event(inner, || Event::failed(&request, &carried, &failure))).await;
+                    publish_event(inner, || Event::failed(&request, &carried, &failure)).await;
                     return;
                 }
                 let delay = retry_delay(carried.attempts);
@@ -488,10 +502,10 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             Outcome::DeadLetter(failure) => {
                 tracing::warn!(method, attempt, latency_ms, outcome = "dead_lettered",
                     class = failure.class.as_str(), reason = %failure.reason(), "{}", outcome_line("dead-lettered", latency_ms, attempt));
-                Box::pin(dead_letter(inner, delivery, Some(request.bot()), &failure)).await;
+                dead_letter(inner, delivery, Some(request.bot()), &failure).await;
                 settled();
                 count_outcome(request.bot(), "failed");
-                Box::pin(publish_event(inner, || Event::failed(&request, &carried, &failure))).await;
+                publish_event(inner, || Event::failed(&request, &carried, &failure)).await;
                 return;
             }
             Outcome::StopBot(failure) => {
@@ -520,47 +534,49 @@ fn retry_delay(attempts: u32) -> Duration {
 /// Parks a request that is being handled (retry, flood, bad token): its current body (a migration
 /// may have changed it), its carried state, and "not before `until`". It gets a new chat slot when
 /// it returns.
-async fn park_request(
-    inner: &Inner,
-    job: &Arc<Job>,
-    request: &SendRequest,
-    carried: &Carried,
+fn park_request<'a>(
+    inner: &'a Inner,
+    job: &'a Arc<Job>,
+    request: &'a SendRequest,
+    carried: &'a Carried,
     until: Instant,
     why: &'static str,
     event: Option<Event>,
-) {
-    if inner.shutdown.is_triggered() {
-        // The parking task may already have finished: give it back to the queue instead.
-        requeue(inner, &job.delivery, "shutting down instead of parking").await;
-        return;
-    }
-    let mut headers = job.delivery.properties.headers().clone().unwrap_or_default();
-    carried.write(&mut headers);
-    if why == "retry" {
-        // A retried request takes a new place in its chat when it returns.
-        remove_header(&mut headers, HEADER_SLOT);
-        headers.insert(HEADER_NOT_BEFORE.into(), AMQPValue::LongLongInt(ms_from_instant(until) as i64));
-    } else {
-        // Waiting for a pause, the global budget or a token: keep the chat's order by taking the
-        // chat slot now, in lane order, so requests parked for one chat return in that order.
-        let slot = match inner.bots.get(request.bot()) {
-            Some(bot) => bot.budgets.reserve_chat(request.chat_id(), Instant::now(), until).await,
-            None => until,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        if inner.shutdown.is_triggered() {
+            // The parking task may already have finished: give it back to the queue instead.
+            requeue(inner, &job.delivery, "shutting down instead of parking").await;
+            return;
+        }
+        let mut headers = job.delivery.properties.headers().clone().unwrap_or_default();
+        carried.write(&mut headers);
+        if why == "retry" {
+            // A retried request takes a new place in its chat when it returns.
+            remove_header(&mut headers, HEADER_SLOT);
+            headers.insert(HEADER_NOT_BEFORE.into(), AMQPValue::LongLongInt(ms_from_instant(until) as i64));
+        } else {
+            // Waiting for a pause, the global budget or a token: keep the chat's order by taking the
+            // chat slot now, in lane order, so requests parked for one chat return in that order.
+            let slot = match inner.bots.get(request.bot()) {
+                Some(bot) => bot.budgets.reserve_chat(request.chat_id(), Instant::now(), until).await,
+                None => until,
+            };
+            remove_header(&mut headers, HEADER_NOT_BEFORE);
+            headers.insert(HEADER_SLOT.into(), AMQPValue::LongLongInt(ms_from_instant(slot) as i64));
+        }
+        let parking = Parking {
+            held: Held::InJob(Arc::clone(job)),
+            body: request.to_json(),
+            headers,
+            tier: Topology::tier_for(until.saturating_duration_since(Instant::now())),
+            why,
+            event,
         };
-        remove_header(&mut headers, HEADER_NOT_BEFORE);
-        headers.insert(HEADER_SLOT.into(), AMQPValue::LongLongInt(ms_from_instant(slot) as i64));
-    }
-    let parking = Parking {
-        held: Held::InJob(Arc::clone(job)),
-        body: request.to_json(),
-        headers,
-        tier: Topology::tier_for(until.saturating_duration_since(Instant::now())),
-        why,
-        event,
-    };
-    if let Err(refused) = inner.parking.send(parking) {
-        requeue(inner, refused.0.held.delivery(), "the parking task has stopped").await;
-    }
+        if let Err(refused) = inner.parking.send(parking) {
+            requeue(inner, refused.0.held.delivery(), "the parking task has stopped").await;
+        }
+    })
 }
 
 fn park(inner: &Inner, parking: Parking) {
@@ -617,39 +633,47 @@ pub(crate) async fn run_parking(inner: Arc<Inner>, mut queue: mpsc::UnboundedRec
 
 /// Publishes the delivery to the dead-letter exchange with the reason, and acks it only once the
 /// broker confirmed the dead letter. If that publish fails, the delivery goes back to the queue.
-pub(crate) async fn dead_letter(inner: &Inner, delivery: &Received, bot: Option<&str>, failure: &Failure) {
-    if !delivery.acker.usable() {
-        // The broker took it back with the channel; it will be handled again.
-        return;
-    }
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    let reason: String = failure.reason().chars().take(255).collect();
-    headers.insert(HEADER_ERROR.into(), AMQPValue::LongString(reason.as_str().into()));
-    headers.insert(HEADER_ERROR_CLASS.into(), AMQPValue::LongString(failure.class.as_str().into()));
-    if let Some(bot) = bot {
-        headers.insert(HEADER_BOT.into(), AMQPValue::LongString(bot.into()));
-    }
-    headers.insert(HEADER_DEAD_AT.into(), AMQPValue::Timestamp(unix_now()));
-    let dead_exchange = inner.topology.dead_exchange();
-    let outgoing = Outgoing {
-        exchange: &dead_exchange,
-        mandatory: true,
-        routing_key: delivery.routing_key.as_str(),
-        body: &delivery.data,
-        properties: delivery.properties.clone().with_headers(headers),
-    };
-    match inner.publisher.publish(outgoing).await {
-        Ok(()) => {
-            if ack(delivery, "ack after dead-lettering") {
-                inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("tg_dead_lettered_total", "class" => failure.class.as_str()).increment(1);
+pub(crate) fn dead_letter<'a>(
+    inner: &'a Inner,
+    delivery: &'a Received,
+    bot: Option<&'a str>,
+    failure: &'a Failure,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        if !delivery.acker.usable() {
+            // The broker took it back with the channel; it will be handled again.
+            return;
+        }
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let reason: String = failure.reason().chars().take(255).collect();
+        headers.insert(HEADER_ERROR.into(), AMQPValue::LongString(reason.as_str().into()));
+        headers.insert(HEADER_ERROR_CLASS.into(), AMQPValue::LongString(failure.class.as_str().into()));
+        if let Some(bot) = bot {
+            headers.insert(HEADER_BOT.into(), AMQPValue::LongString(bot.into()));
+        }
+        headers.insert(HEADER_DEAD_AT.into(), AMQPValue::Timestamp(unix_now()));
+        let dead_exchange = inner.topology.dead_exchange();
+        let outgoing = Outgoing {
+            exchange: &dead_exchange,
+            mandatory: true,
+            routing_key: delivery.routing_key.as_str(),
+            body: &delivery.data,
+            properties: delivery.properties.clone().with_headers(headers),
+        };
+        match inner.publisher.publish(outgoing).await {
+            Ok(()) => {
+                if ack(delivery, "ack after dead-lettering") {
+                    inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("tg_dead_lettered_total", "class" => failure.class.as_str())
+                        .increment(1);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, reason = %reason, "could not dead-letter; returning the message to the queue");
+                requeue(inner, delivery, "dead-letter publish failed").await;
             }
         }
-        Err(error) => {
-            tracing::error!(%error, reason = %reason, "could not dead-letter; returning the message to the queue");
-            requeue(inner, delivery, "dead-letter publish failed").await;
-        }
-    }
+    })
 }
 
 /// Returns a delivery to the queue (it will be delivered again, to this or another worker).
@@ -763,43 +787,49 @@ async fn publish_event(inner: &Inner, event: impl FnOnce() -> Event) {
         metrics::counter!("tg_events_unrouted_total").increment(1);
         return;
     }
-    let event = event();
-    let exchange = inner.topology.events_exchange();
-    let body = event.body.to_string();
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_message_id(event.id.as_str().into())
-        .with_timestamp(unix_now());
-    let outgoing = Outgoing {
-        exchange: &exchange,
-        mandatory: true,
-        routing_key: &event.routing_key,
-        body: body.as_bytes(),
-        properties,
-    };
-    // Through a short broker outage (a reconnect in progress) keep trying for a few seconds; past
-    // that the event is dropped and counted — the request itself is already settled.
-    let mut attempt = 0;
-    loop {
-        match inner.publisher.publish(outgoing.clone()).await {
-            Ok(()) => return,
-            Err(PublishError::Unroutable(_)) => {
-                inner.mute_events(EVENTS_UNROUTED_PAUSE);
-                metrics::counter!("tg_events_unrouted_total").increment(1);
-                return;
-            }
-            Err(error) if attempt < EVENT_PUBLISH_ATTEMPTS && !inner.shutdown.is_triggered() => {
-                attempt += 1;
-                tracing::debug!(%error, attempt, "retrying a delivery event");
-                tokio::time::sleep(EVENT_RETRY_DELAY).await;
-            }
-            Err(error) => {
-                metrics::counter!("tg_events_lost_total").increment(1);
-                tracing::warn!(%error, routing_key = %event.routing_key, "could not publish a delivery event");
-                return;
+    let publishing = publish_built_event(inner, event());
+    publishing.await;
+}
+
+fn publish_built_event(inner: &Inner, event: Event) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let exchange = inner.topology.events_exchange();
+        let body = event.body.to_string();
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(event.id.as_str().into())
+            .with_timestamp(unix_now());
+        let outgoing = Outgoing {
+            exchange: &exchange,
+            mandatory: true,
+            routing_key: &event.routing_key,
+            body: body.as_bytes(),
+            properties,
+        };
+        // Through a short broker outage (a reconnect in progress) keep trying for a few seconds; past
+        // that the event is dropped and counted — the request itself is already settled.
+        let mut attempt = 0;
+        loop {
+            match inner.publisher.publish(outgoing.clone()).await {
+                Ok(()) => return,
+                Err(PublishError::Unroutable(_)) => {
+                    inner.mute_events(EVENTS_UNROUTED_PAUSE);
+                    metrics::counter!("tg_events_unrouted_total").increment(1);
+                    return;
+                }
+                Err(error) if attempt < EVENT_PUBLISH_ATTEMPTS && !inner.shutdown.is_triggered() => {
+                    attempt += 1;
+                    tracing::debug!(%error, attempt, "retrying a delivery event");
+                    tokio::time::sleep(EVENT_RETRY_DELAY).await;
+                }
+                Err(error) => {
+                    metrics::counter!("tg_events_lost_total").increment(1);
+                    tracing::warn!(%error, routing_key = %event.routing_key, "could not publish a delivery event");
+                    return;
+                }
             }
         }
-    }
+    })
 }
 
 fn remove_header(headers: &mut FieldTable, name: &str) {
