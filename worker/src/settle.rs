@@ -6,9 +6,11 @@
 //! not yet settled). The broker reads `multiple` as "everything outstanding up to this tag", so the
 //! open set is a watermark: a tag still being worked on is never below the tag a `multiple` ack
 //! names. A queued ack stuck above an open tag (a request held for its chat's slot, a slow call)
-//! waits at most [`UNCOVERED_ACK_HOLD`] and is then sent alone. A requeue (nack) is sent at once
-//! and its tag leaves the open set only after the nack went out, so no later `multiple` can ack a
-//! message whose return to the queue has not reached the broker.
+//! gets one more look once that frame is out — the tags below it may have settled meanwhile — and
+//! is then sent alone: never held on a timer, because an unacked delivery holds one of the
+//! channel's prefetch credits and, with a slow Telegram, credits are the throughput. A requeue
+//! (nack) is sent at once and its tag leaves the open set only after the nack went out, so no later
+//! `multiple` can ack a message whose return to the queue has not reached the broker.
 //!
 //! At high rates this turns hundreds of ack frames — each a hand-off to lapin's I/O thread and a
 //! command the quorum queue must log — into a few; at Telegram's pace it changes nothing.
@@ -16,21 +18,15 @@
 //! Tags are per channel: a [`Settler`] belongs to one channel and dies with it, and every
 //! [`Received`] delivery carries the settler of the channel it came from.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// How long a queued ack above an open tag waits for the watermark to pass it before it is sent
-/// on its own. Short: an unacked delivery holds one of the channel's prefetch credits.
-pub(crate) const UNCOVERED_ACK_HOLD: Duration = Duration::from_millis(2);
 
 /// A delivery together with the settler of the channel it arrived on.
 pub(crate) struct Received {
@@ -79,8 +75,8 @@ struct State {
     open: BTreeSet<u64>,
     /// Requeues in progress (a subset of `open`).
     requeueing: BTreeSet<u64>,
-    /// Acks waiting for the flusher, with when they were queued.
-    queued: BTreeMap<u64, Instant>,
+    /// Acks waiting for the flusher.
+    queued: BTreeSet<u64>,
     /// The flusher has stopped, or the channel failed: nothing more can be settled.
     closed: bool,
 }
@@ -90,30 +86,21 @@ struct State {
 struct Flush {
     /// One ack for every queued tag up to this one (`multiple` when it covers more than one).
     covering: Option<(u64, bool)>,
-    /// Acks sent on their own: queued above an open tag for longer than the hold.
+    /// Acks sent on their own: queued above an open tag.
     singles: Vec<u64>,
-    /// When the oldest ack still queued will have waited the hold out.
-    next_deadline: Option<Instant>,
 }
 
 impl State {
-    /// Takes what can be acked now. With `everything`, acks still waiting above an open tag are
-    /// sent alone at once (the channel is about to close).
-    fn plan(&mut self, now: Instant, everything: bool) -> Flush {
+    /// Takes the queued acks below the watermark, and with `singles` also those above it, which
+    /// then go out one by one.
+    fn plan(&mut self, singles: bool) -> Flush {
         let watermark = self.open.first().copied().unwrap_or(u64::MAX);
         let above = self.queued.split_off(&watermark);
         let below = std::mem::replace(&mut self.queued, above);
-        let covering = below.keys().next_back().map(|&tag| (tag, below.len() > 1));
-        let mut singles = Vec::new();
-        self.queued.retain(|&tag, &mut queued_at| {
-            let due = everything || now.saturating_duration_since(queued_at) >= UNCOVERED_ACK_HOLD;
-            if due {
-                singles.push(tag);
-            }
-            !due
-        });
-        let next_deadline = self.queued.values().min().map(|&at| at + UNCOVERED_ACK_HOLD);
-        Flush { covering, singles, next_deadline }
+        let covering = below.last().map(|&tag| (tag, below.len() > 1));
+        let singles =
+            if singles { std::mem::take(&mut self.queued).into_iter().collect() } else { Vec::new() };
+        Flush { covering, singles }
     }
 }
 
@@ -132,7 +119,7 @@ impl Settler {
             if state.closed || state.requeueing.contains(&tag) || !state.open.remove(&tag) {
                 return false;
             }
-            state.queued.insert(tag, Instant::now());
+            state.queued.insert(tag);
         }
         self.wake.notify_one();
         true
@@ -159,25 +146,25 @@ impl Settler {
     /// The flusher: sends queued acks until `stop`, then sends every ack still queued and refuses
     /// new ones. Run it once per channel, and await it before closing the channel.
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut deadline: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
             }
             // The tasks that woke us are often not the only ones about to ack: let the others that
             // are ready run first, so this flush covers them too.
             tokio::task::yield_now().await;
-            let flush = self.lock().plan(Instant::now(), false);
-            deadline = flush.next_deadline;
-            self.send(flush).await;
+            let covered = self.lock().plan(false);
+            self.send(covered).await;
+            // While that frame went out, the tags holding the rest back may have settled.
+            let rest = self.lock().plan(true);
+            self.send(rest).await;
         }
         let flush = {
             let mut state = self.lock();
             state.closed = true;
-            state.plan(Instant::now(), true)
+            state.plan(true)
         };
         self.send(flush).await;
     }
@@ -209,58 +196,49 @@ impl Settler {
 mod tests {
     use super::*;
 
-    fn state(open: &[u64], queued: &[(u64, u64)], start: Instant) -> State {
+    fn state(open: &[u64], queued: &[u64]) -> State {
         State {
             open: open.iter().copied().collect(),
-            queued: queued.iter().map(|&(tag, ms)| (tag, start + Duration::from_millis(ms))).collect(),
+            queued: queued.iter().copied().collect(),
             ..State::default()
         }
     }
 
     #[test]
     fn one_multiple_ack_covers_every_queued_tag_below_the_lowest_open_one() {
-        let start = Instant::now();
-        let mut s = state(&[5, 9], &[(1, 0), (2, 0), (4, 0), (6, 0), (7, 0)], start);
-        let flush = s.plan(start, false);
-        assert_eq!(flush.covering, Some((4, true)));
-        assert!(flush.singles.is_empty());
-        assert_eq!(flush.next_deadline, Some(start + UNCOVERED_ACK_HOLD));
-        assert_eq!(s.queued.keys().copied().collect::<Vec<_>>(), [6, 7]);
+        let mut s = state(&[5, 9], &[1, 2, 4, 6, 7]);
+        let flush = s.plan(false);
+        assert_eq!(flush, Flush { covering: Some((4, true)), singles: vec![] });
+        assert_eq!(s.queued.iter().copied().collect::<Vec<_>>(), [6, 7]);
+        // Tag 5 settles (requeued): 6 and 7 are covered on the next look.
+        s.open.remove(&5);
+        assert_eq!(s.plan(true), Flush { covering: Some((7, true)), singles: vec![] });
     }
 
     #[test]
     fn a_lone_tag_is_acked_without_multiple() {
-        let start = Instant::now();
-        let mut s = state(&[], &[(3, 0)], start);
-        assert_eq!(s.plan(start, false).covering, Some((3, false)));
+        let mut s = state(&[], &[3]);
+        assert_eq!(s.plan(false).covering, Some((3, false)));
     }
 
     #[test]
-    fn acks_held_above_an_open_tag_go_alone_after_the_hold() {
-        let start = Instant::now();
-        let mut s = state(&[2], &[(3, 0), (4, 1)], start);
-        let flush = s.plan(start + UNCOVERED_ACK_HOLD, false);
-        assert_eq!(flush.covering, None);
-        assert_eq!(flush.singles, [3]);
-        assert_eq!(flush.next_deadline, Some(start + Duration::from_millis(1) + UNCOVERED_ACK_HOLD));
-        let flush = s.plan(start, true);
-        assert_eq!(flush.singles, [4]);
-        assert!(s.queued.is_empty() && flush.next_deadline.is_none());
+    fn acks_above_an_open_tag_go_alone_on_the_second_look() {
+        let mut s = state(&[2], &[1, 3, 4]);
+        assert_eq!(s.plan(true), Flush { covering: Some((1, false)), singles: vec![3, 4] });
+        assert!(s.queued.is_empty());
     }
 
     /// The invariant that keeps acks honest: whatever the interleaving, a `multiple` ack never
     /// names a tag at or above an open one, and every tag is acked exactly once.
     #[test]
     fn no_interleaving_lets_a_multiple_ack_cover_an_open_tag() {
-        let start = Instant::now();
         for seed in 0..200 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut s = State::default();
             let mut next_tag = 1;
             let mut acked = BTreeSet::new();
             let mut requeued = BTreeSet::new();
-            for step in 0..400u64 {
-                let now = start + Duration::from_micros(step * 300);
+            for _ in 0..400 {
                 match rng.u8(0..10) {
                     0..=3 => {
                         s.open.insert(next_tag);
@@ -269,7 +247,7 @@ mod tests {
                     4..=6 => {
                         if let Some(&tag) = s.open.iter().nth(rng.usize(0..s.open.len().max(1))) {
                             s.open.remove(&tag);
-                            s.queued.insert(tag, now);
+                            s.queued.insert(tag);
                         }
                     }
                     7 => {
@@ -279,7 +257,7 @@ mod tests {
                         }
                     }
                     _ => {
-                        let flush = s.plan(now, rng.u8(0..20) == 0);
+                        let flush = s.plan(rng.bool());
                         if let Some((tag, multiple)) = flush.covering {
                             assert!(s.open.first().is_none_or(|&low| tag < low), "seed {seed}");
                             let lowest = if multiple { 0 } else { tag };
@@ -291,6 +269,7 @@ mod tests {
                             }
                         }
                         for tag in flush.singles {
+                            assert!(!s.open.contains(&tag), "seed {seed}: open {tag} acked");
                             assert!(acked.insert(tag), "seed {seed}: {tag} acked twice");
                         }
                     }
