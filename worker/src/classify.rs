@@ -97,9 +97,9 @@ pub fn classify(answer: &RawAnswer) -> Outcome {
             format!("answer is not Bot API JSON: {snippet:?}"),
             ErrorClass::Transient,
         )),
-        RawAnswer::Json { body, .. } if body.ok => Outcome::Delivered {
-            message_id: body.result.as_ref().and_then(|r| r.get("message_id")).and_then(|m| m.as_i64()),
-        },
+        RawAnswer::Json { body, .. } if body.ok => {
+            Outcome::Delivered { message_id: body.result.as_ref().and_then(|result| result.message_id) }
+        }
         RawAnswer::Json { status, body } => {
             let code = body.error_code.unwrap_or(*status);
             let description = body.description.clone().unwrap_or_else(|| "no description".to_string());

@@ -32,13 +32,80 @@ pub enum RawAnswer {
 pub struct ApiResponse {
     pub ok: bool,
     #[serde(default)]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<SentResult>,
     #[serde(default)]
     pub error_code: Option<u16>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub parameters: Option<ResponseParameters>,
+}
+
+/// What the worker reads of a successful call's `result`: the sent message's id. The rest of the
+/// `Message` (sender, chat, entities, …) is skipped without being built, which spares a dozen
+/// allocations per delivery; a `result` that is not an object (`true`, a list) reads as no id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SentResult {
+    pub message_id: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for SentResult {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct SentResultVisitor;
+
+        impl<'de> Visitor<'de> for SentResultVisitor {
+            type Value = SentResult;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Bot API result")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SentResult, A::Error> {
+                let mut message_id = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "message_id" {
+                        message_id = map.next_value::<serde_json::Value>()?.as_i64();
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(SentResult { message_id })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SentResult, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(SentResult::default())
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<SentResult, E> {
+                Ok(SentResult::default())
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<SentResult, E> {
+                Ok(SentResult::default())
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<SentResult, E> {
+                Ok(SentResult::default())
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<SentResult, E> {
+                Ok(SentResult::default())
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<SentResult, E> {
+                Ok(SentResult::default())
+            }
+
+            fn visit_unit<E>(self) -> Result<SentResult, E> {
+                Ok(SentResult::default())
+            }
+        }
+
+        deserializer.deserialize_any(SentResultVisitor)
+    }
 }
 
 /// Telegram's `ResponseParameters`.
@@ -170,6 +237,25 @@ fn transport_failure(error: reqwest::Error) -> RawAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_yields_its_message_id_whatever_its_shape() {
+        let parse = |json: &str| serde_json::from_str::<ApiResponse>(json).map(|r| r.result);
+        let message = r#"{"ok":true,"result":{"message_id":42,"from":{"id":1,"is_bot":true},
+            "chat":{"id":-5,"type":"group"},"date":1,"text":"hi \"there\"","entities":[{"type":"bold"}]}}"#;
+        assert_eq!(parse(message).unwrap(), Some(SentResult { message_id: Some(42) }));
+        for other in [
+            r#"{"ok":true,"result":true}"#,
+            r#"{"ok":true,"result":[{"message_id":1}]}"#,
+            r#"{"ok":true,"result":{"id":7,"is_bot":true}}"#,
+            r#"{"ok":true,"result":"x"}"#,
+            r#"{"ok":true,"result":{"message_id":"7","date":1}}"#,
+        ] {
+            assert_eq!(parse(other).unwrap().unwrap_or_default().message_id, None, "{other}");
+        }
+        assert_eq!(parse(r#"{"ok":false,"error_code":400,"description":"x"}"#).unwrap(), None);
+        assert!(parse(r#"{"ok":true,"result":{"message_id":1"#).is_err());
+    }
 
     #[test]
     fn method_urls_keep_a_base_path_and_redaction_hides_tokens() {
