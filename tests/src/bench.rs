@@ -288,6 +288,60 @@ async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16) -> anyhow::Resu
     Ok(elapsed)
 }
 
+/// (3b, reference) Consumes `n` prefilled messages holding each for `hold` before its ack (a task
+/// per delivery, no HTTP): what the broker itself allows at this prefetch when every message is
+/// held as long as Telegram's latency — the prefetch ÷ latency bound minus the broker's own
+/// ack-to-next-delivery time.
+async fn raw_consume_held(
+    scratch: &Scratch,
+    n: usize,
+    prefetch: u16,
+    hold: Duration,
+) -> anyhow::Result<Duration> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let connection = connect(&scratch.settings, "tg-bench raw consume, held").await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            scratch.topology.send_queue().into(),
+            "raw-held".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut started = None;
+    let mut received = 0;
+    while received < n {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .context("raw consumer stalled")?
+            .context("consumer closed")??;
+        // Timed from the first delivery's release, as the worker is timed from its first send.
+        started.get_or_insert_with(|| Instant::now() + hold);
+        received += 1;
+        let acked = Arc::clone(&acked);
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            if delivery.acker.ack(BasicAckOptions::default()).await.is_ok() {
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let all_acked =
+        wait_until(Duration::from_secs(30), || acked.load(std::sync::atomic::Ordering::Relaxed) >= n).await;
+    anyhow::ensure!(
+        all_acked,
+        "the held consumer acked {} of {n}",
+        acked.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
+    let _ = connection.close(200, "done".into()).await;
+    Ok(elapsed)
+}
+
 async fn purge(scratch: &Scratch) -> anyhow::Result<()> {
     scratch.channel.queue_purge(scratch.topology.send_queue().into(), Default::default()).await?;
     Ok(())
@@ -684,6 +738,15 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     }
     if options.runs("3b") {
         let little = f64::from(options.prefetch) / 0.05;
+        scratch.prefill((0..n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
+        let elapsed = raw_consume_held(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
+        let held = rate_between(n, elapsed);
+        rows.push(row(
+            "1c raw lapin consume, each held 50 ms before its ack",
+            format!("{held:.0} msg/s"),
+            format!("{:.2} of Little", held / little),
+        ));
+        purge(scratch).await?;
         for (consumer, label) in [
             (Consumer::Worker, format!("3b worker, sandbox +50 ms per call (Little's law: {little:.0}/s)")),
             (Consumer::BareLoop, "   bare lapin + teloxide loop (reference), +50 ms".to_string()),

@@ -29,6 +29,7 @@ async fn the_perf_benchmark_runs_and_prints_its_table() {
         "2  dispatcher",
         "3a worker",
         "bare lapin + teloxide loop (reference), same backlog",
+        "1c raw lapin consume, each held 50 ms",
         "3b worker",
         "bare lapin + teloxide loop (reference), +50 ms",
         "4  end to end",
