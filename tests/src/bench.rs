@@ -247,8 +247,8 @@ fn body_of_size(chat_id: i64, size: usize) -> Vec<u8> {
     message(chat_id, &"x".repeat(size.max(1)))
 }
 
-/// (1a) Publishes `n` messages with confirms, as fast as the broker takes them (a window of 1000
-/// unconfirmed), on the product's quorum queue.
+/// (1a) Publishes `n` messages with confirms, as fast as the broker takes them (up to 500
+/// unconfirmed, see [`Scratch::prefill`]), on the product's quorum queue.
 async fn raw_publish(scratch: &Scratch, n: usize, size: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     scratch.prefill((0..n).map(|i| body_of_size(i as i64 + 1, size))).await?;
@@ -670,7 +670,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
 
     let publish = rate(n, raw_publish(scratch, n, options.size).await?);
     rows.push(row(
-        "1a raw lapin publish + confirm (window 1000)",
+        "1a raw lapin publish + confirm (window 500)",
         format!("{publish:.0} msg/s"),
         "ceiling".into(),
     ));
