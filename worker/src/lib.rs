@@ -43,6 +43,8 @@ use crate::telegram::Telegram;
 
 /// How long a dead-letter publish may wait for the broker's confirm.
 const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last flush of acks may take before the channel is closed anyway.
+const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Consumer reconnection backoff bounds.
 const RECONNECT_BASE: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -354,6 +356,7 @@ impl Session {
         let settler = settle::Settler::new(channel.clone());
         let flusher_stop = tokio_util::sync::CancellationToken::new();
         let flusher = tokio::spawn(Arc::clone(&settler).run(flusher_stop.clone()));
+        let settling_failed = settler.failed();
         if *failures > 0 {
             metrics::counter!("tg_amqp_reconnects_total", "connection" => "consume").increment(1);
             tracing::info!("broker connection restored; consuming again");
@@ -366,6 +369,9 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = inner.shutdown.requested() => break None,
+                _ = settling_failed.cancelled() => {
+                    break Some(anyhow::anyhow!("acks could not be sent on the consumer channel"));
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => process::accept(inner, &settler, delivery).await,
                     Some(Err(error)) => break Some(anyhow::Error::new(error).context("consumer failed")),
@@ -375,8 +381,7 @@ impl Session {
         };
         inner.consuming.store(false, Ordering::Relaxed);
         if let Some(error) = lost {
-            flusher_stop.cancel();
-            let _ = flusher.await;
+            stop_flusher(flusher_stop, flusher).await;
             let _ = connection.close(200, "reconnecting".into()).await;
             return Err(error);
         }
@@ -388,8 +393,7 @@ impl Session {
         }
         let summary = self.drain(started).await;
         // Every ack queued by the drained tasks goes out before the channel closes.
-        flusher_stop.cancel();
-        let _ = flusher.await;
+        stop_flusher(flusher_stop, flusher).await;
         let _ = channel.close(200, "shutting down".into()).await;
         let _ = connection.close(200, "shutting down".into()).await;
         Ok(Some(summary))
@@ -422,6 +426,17 @@ impl Session {
             drain_time: started.elapsed(),
             timed_out,
         }
+    }
+}
+
+/// Stops a channel's ack flusher after its last flush, bounded: an ack write that never completes
+/// must not hold up the close (the broker redelivers whatever was not acked).
+async fn stop_flusher(stop: tokio_util::sync::CancellationToken, flusher: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    let abort = flusher.abort_handle();
+    if tokio::time::timeout(ACK_FLUSH_TIMEOUT, flusher).await.is_err() {
+        tracing::warn!("the last acks were not sent in time; the broker will redeliver them");
+        abort.abort();
     }
 }
 

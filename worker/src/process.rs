@@ -579,10 +579,16 @@ fn park_request<'a>(
     })
 }
 
-fn park(inner: &Inner, parking: Parking) {
-    // The receiver lives as long as the worker runs; if it is gone the channel is closing and the
-    // broker requeues the delivery.
-    let _ = inner.parking.send(parking);
+fn park(inner: &Arc<Inner>, parking: Parking) {
+    // The parking task stops only at shutdown; a delivery that arrives after it goes back to the
+    // queue rather than sit unsettled until the channel closes.
+    if let Err(refused) = inner.parking.send(parking) {
+        let inner_for_task = Arc::clone(inner);
+        inner.tracker.spawn(async move {
+            let held = refused.0.held;
+            requeue(&inner_for_task, held.delivery(), "the parking task has stopped").await;
+        });
+    }
 }
 
 /// The one task that moves deliveries to delay queues, in the order it is given them, so requests

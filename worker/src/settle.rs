@@ -52,12 +52,15 @@ impl Received {
     /// Queues the ack; `false` when the channel is gone (the broker will redeliver) or the
     /// delivery was already settled.
     pub(crate) fn ack(&self) -> bool {
-        self.settler.ack(self.delivery.delivery_tag)
+        !self.delivery.acker.poisoned() && self.settler.ack(self.delivery.delivery_tag)
     }
 
     /// Returns the delivery to the queue. `Ok(false)` when the channel is gone or the delivery was
     /// already settled.
     pub(crate) async fn requeue(&self) -> lapin::Result<bool> {
+        if self.delivery.acker.poisoned() {
+            return Ok(false);
+        }
         self.settler.requeue(self.delivery.delivery_tag).await
     }
 }
@@ -67,6 +70,9 @@ pub(crate) struct Settler {
     channel: Channel,
     state: Mutex<State>,
     wake: Notify,
+    /// Cancelled when an ack or nack could not be sent: the consumer must reconnect, since nothing
+    /// received on this channel can be settled any more.
+    failed: CancellationToken,
 }
 
 #[derive(Default)]
@@ -106,7 +112,17 @@ impl State {
 
 impl Settler {
     pub(crate) fn new(channel: Channel) -> Arc<Self> {
-        Arc::new(Self { channel, state: Mutex::default(), wake: Notify::new() })
+        Arc::new(Self {
+            channel,
+            state: Mutex::default(),
+            wake: Notify::new(),
+            failed: CancellationToken::new(),
+        })
+    }
+
+    /// Cancelled once settling on this channel failed (see [`Settler::failed`]).
+    pub(crate) fn failed(&self) -> CancellationToken {
+        self.failed.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -136,7 +152,14 @@ impl Settler {
         {
             let mut state = self.lock();
             state.requeueing.remove(&tag);
-            state.open.remove(&tag);
+            if sent.is_ok() {
+                state.open.remove(&tag);
+            } else {
+                // Not known to have reached the broker: the tag stays open, so no `multiple` ack
+                // can cover it, and the channel is given up.
+                state.closed = true;
+                self.failed.cancel();
+            }
         }
         // The watermark may have moved past acks that were waiting on this tag.
         self.wake.notify_one();
@@ -188,6 +211,7 @@ impl Settler {
             // (recently delivered ids are then acked without a second send).
             tracing::warn!(%error, "acks not sent: the channel is gone; the broker will redeliver");
             self.lock().closed = true;
+            self.failed.cancel();
         }
     }
 }

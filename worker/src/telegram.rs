@@ -63,12 +63,21 @@ impl<'de> Deserialize<'de> for SentResult {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SentResult, A::Error> {
+                // Keys are matched without being copied.
+                #[derive(Deserialize)]
+                #[serde(field_identifier, rename_all = "snake_case")]
+                enum Field {
+                    MessageId,
+                    #[serde(other)]
+                    Other,
+                }
                 let mut message_id = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "message_id" {
-                        message_id = map.next_value::<serde_json::Value>()?.as_i64();
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                while let Some(key) = map.next_key::<Field>()? {
+                    match key {
+                        Field::MessageId => message_id = map.next_value::<serde_json::Value>()?.as_i64(),
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
                 Ok(SentResult { message_id })

@@ -88,7 +88,7 @@ async fn sigterm_with_hundreds_in_flight_finishes_them_exits_0_and_loses_nothing
     second.stop().await;
     let (lost, duplicates) = lost_and_duplicated(&ids, &ledger(&env.sandbox));
     assert!(lost.is_empty(), "lost: {lost:?}");
-    assert_eq!(duplicates, 0, "a graceful stop makes no duplicates");
+    assert_eq!(duplicates, 0, "a graceful stop makes no duplicates; the first worker's log:\n{logs}");
 }
 
 #[tokio::test]
