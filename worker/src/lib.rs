@@ -64,9 +64,44 @@ pub struct Stats {
     pub sending: AtomicU64,
 }
 
+/// `tg_deliveries_total{bot, outcome}` for one bot, looked up once.
+pub(crate) struct OutcomeCounters {
+    pub delivered: metrics::Counter,
+    pub failed: metrics::Counter,
+    pub retrying: metrics::Counter,
+}
+
+impl OutcomeCounters {
+    fn new(bot: &str) -> Self {
+        let counter = |outcome: &'static str| metrics::counter!("tg_deliveries_total", "bot" => bot.to_string(), "outcome" => outcome);
+        Self { delivered: counter("delivered"), failed: counter("failed"), retrying: counter("retrying") }
+    }
+}
+
+/// Handles of the metrics every delivery touches, looked up once: a `counter!` / `histogram!`
+/// call hashes its name and labels into the registry each time.
+pub(crate) struct HotMetrics {
+    pub in_flight: metrics::Gauge,
+    pub send_seconds: metrics::Histogram,
+    pub pacing_wait_seconds: metrics::Histogram,
+    pub events_unrouted: metrics::Counter,
+}
+
+impl HotMetrics {
+    fn new() -> Self {
+        Self {
+            in_flight: metrics::gauge!("tg_in_flight"),
+            send_seconds: metrics::histogram!("tg_send_seconds"),
+            pacing_wait_seconds: metrics::histogram!("tg_pacing_wait_seconds"),
+            events_unrouted: metrics::counter!("tg_events_unrouted_total"),
+        }
+    }
+}
+
 /// Per-bot state: its budgets, and whether Telegram currently refuses its token.
 pub(crate) struct BotState {
     pub budgets: Arc<Budgets>,
+    pub outcomes: OutcomeCounters,
     /// Waiting rooms of the global and the paid-broadcast budgets.
     pub gate: Arc<Gate>,
     pub paid_gate: Arc<Gate>,
@@ -75,9 +110,10 @@ pub(crate) struct BotState {
 }
 
 impl BotState {
-    fn new(budgets: Budgets) -> Self {
+    fn new(alias: &str, budgets: Budgets) -> Self {
         Self {
             budgets: Arc::new(budgets),
+            outcomes: OutcomeCounters::new(alias),
             gate: Gate::new(),
             paid_gate: Gate::new(),
             token_refused_since: Mutex::new(None),
@@ -148,6 +184,7 @@ pub(crate) struct Inner {
     pub tracker: TaskTracker,
     pub shutdown: Shutdown,
     pub stats: Stats,
+    pub metrics: HotMetrics,
     pub consuming: AtomicBool,
 }
 
@@ -210,7 +247,7 @@ impl Worker {
             .map(|(alias, token)| {
                 let shared = redis.clone().map(|store| (store, budgets::bot_id(token.expose())));
                 let budgets = Budgets::new(alias, config.limits, config.rate_share, shared);
-                (alias.clone(), BotState::new(budgets))
+                (alias.clone(), BotState::new(alias, budgets))
             })
             .collect();
         let (parking_tx, parking) = tokio::sync::mpsc::unbounded_channel();
@@ -234,6 +271,7 @@ impl Worker {
             tracker: TaskTracker::new(),
             shutdown,
             stats: Stats::default(),
+            metrics: HotMetrics::new(),
             consuming: AtomicBool::new(false),
             config,
         };

@@ -370,7 +370,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             _ = inner.shutdown.requested() => None,
             granted = tokio::time::timeout(hold + GATE_WAIT_MARGIN, waited) => Some(granted),
         };
-        metrics::histogram!("tg_pacing_wait_seconds").record(wait_started.elapsed().as_secs_f64());
+        inner.metrics.pacing_wait_seconds.record(wait_started.elapsed().as_secs_f64());
         match granted {
             Some(Ok(Ok(()))) => {}
             Some(Err(_elapsed)) => {
@@ -402,7 +402,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
         }
         let started = Instant::now();
         bot.budgets.record_chat_send(request.chat_id(), started).await;
-        metrics::gauge!("tg_in_flight").increment(1.0);
+        inner.metrics.in_flight.increment(1.0);
         inner.stats.sending.fetch_add(1, Ordering::Relaxed);
         // At most TELEGRAM_MAX_IN_FLIGHT calls at once, whatever the prefetch: each holds an HTTP
         // connection and its buffers. The call's future is boxed so a lane that is not sending
@@ -413,7 +413,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 Box::pin(inner.telegram.send(request.bot(), request.method(), request.params_json()));
             sending.await
         };
-        metrics::gauge!("tg_in_flight").decrement(1.0);
+        inner.metrics.in_flight.decrement(1.0);
         inner.stats.sending.fetch_sub(1, Ordering::Relaxed);
         let Some(answer) = answer else {
             requeue(inner, delivery, "unknown bot alias").await;
@@ -421,7 +421,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
             return;
         };
         let latency = started.elapsed();
-        metrics::histogram!("tg_send_seconds").record(latency.as_secs_f64());
+        inner.metrics.send_seconds.record(latency.as_secs_f64());
         let latency_ms = latency.as_millis() as u64;
         let method = request.method().as_str();
         let attempt = carried.attempts + 1;
@@ -441,7 +441,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                     inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 settled();
-                count_outcome(request.bot(), "delivered");
+                bot.outcomes.delivered.increment(1);
                 publish_event(inner, || Event::delivered(&request, &carried, message_id)).await;
                 return;
             }
@@ -484,7 +484,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                     };
                     dead_letter(inner, delivery, Some(request.bot()), &failure).await;
                     settled();
-                    count_outcome(request.bot(), "failed");
+                    bot.outcomes.failed.increment(1);
                     publish_event(inner, || Event::failed(&request, &carried, &failure)).await;
                     return;
                 }
@@ -492,7 +492,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                 tracing::warn!(method, attempt, latency_ms, outcome = "retrying", retry_in_ms = delay.as_millis() as u64,
                     reason = %failure.reason(), "{}", outcome_line("retrying", latency_ms, attempt));
                 inner.stats.retried.fetch_add(1, Ordering::Relaxed);
-                count_outcome(request.bot(), "retrying");
+                bot.outcomes.retrying.increment(1);
                 let event = Event::retrying(&request, &carried, &failure);
                 let until = Instant::now() + delay;
                 park_request(inner, &job, &request, &carried, until, "retry", Some(event)).await;
@@ -504,7 +504,7 @@ async fn handle(inner: &Arc<Inner>, job: Arc<Job>) {
                     class = failure.class.as_str(), reason = %failure.reason(), "{}", outcome_line("dead-lettered", latency_ms, attempt));
                 dead_letter(inner, delivery, Some(request.bot()), &failure).await;
                 settled();
-                count_outcome(request.bot(), "failed");
+                bot.outcomes.failed.increment(1);
                 publish_event(inner, || Event::failed(&request, &carried, &failure)).await;
                 return;
             }
@@ -716,10 +716,6 @@ fn settle(result: lapin::Result<bool>, what: &str) -> bool {
     }
 }
 
-fn count_outcome(bot: &str, outcome: &'static str) {
-    metrics::counter!("tg_deliveries_total", "bot" => bot.to_string(), "outcome" => outcome).increment(1);
-}
-
 fn invalid(description: String) -> Failure {
     Failure { code: None, description, class: ErrorClass::InvalidRequest }
 }
@@ -790,7 +786,7 @@ impl Event {
 /// the deliveries themselves. A queue bound meanwhile receives events within that pause.
 async fn publish_event(inner: &Inner, event: impl FnOnce() -> Event) {
     if inner.events_muted() {
-        metrics::counter!("tg_events_unrouted_total").increment(1);
+        inner.metrics.events_unrouted.increment(1);
         return;
     }
     let publishing = publish_built_event(inner, event());

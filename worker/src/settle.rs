@@ -73,6 +73,7 @@ pub(crate) struct Settler {
     /// Cancelled when an ack or nack could not be sent: the consumer must reconnect, since nothing
     /// received on this channel can be settled any more.
     failed: CancellationToken,
+    ack_frames: metrics::Counter,
 }
 
 #[derive(Default)]
@@ -117,6 +118,7 @@ impl Settler {
             state: Mutex::default(),
             wake: Notify::new(),
             failed: CancellationToken::new(),
+            ack_frames: metrics::counter!("tg_ack_frames_total"),
         })
     }
 
@@ -195,11 +197,11 @@ impl Settler {
     async fn send(&self, flush: Flush) {
         let mut result = Ok(());
         if let Some((tag, multiple)) = flush.covering {
-            metrics::counter!("tg_ack_frames_total").increment(1);
+            self.ack_frames.increment(1);
             result = self.channel.basic_ack(tag, BasicAckOptions { multiple }).await;
         }
         if !flush.singles.is_empty() && result.is_ok() {
-            metrics::counter!("tg_ack_frames_total").increment(flush.singles.len() as u64);
+            self.ack_frames.increment(flush.singles.len() as u64);
             let acks = flush
                 .singles
                 .iter()
