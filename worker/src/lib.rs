@@ -73,7 +73,10 @@ pub(crate) struct OutcomeCounters {
 
 impl OutcomeCounters {
     fn new(bot: &str) -> Self {
-        let counter = |outcome: &'static str| metrics::counter!("tg_deliveries_total", "bot" => bot.to_string(), "outcome" => outcome);
+        let counter = |outcome: &'static str| {
+            let labels = [("bot", bot.to_string()), ("outcome", outcome.to_string())];
+            metrics::counter!("tg_deliveries_total", &labels)
+        };
         Self { delivered: counter("delivered"), failed: counter("failed"), retrying: counter("retrying") }
     }
 }

@@ -261,7 +261,13 @@ async fn the_admin_port_serves_health_readiness_and_metrics() {
         (status == 200 && metrics.contains("tg_parked_total")).then_some(metrics)
     })
     .await;
-    for name in ["tg_send_seconds", "tg_publish_seconds", "tg_runtime_max_stall_seconds"] {
+    for name in [
+        "tg_send_seconds",
+        "tg_publish_seconds",
+        "tg_runtime_max_stall_seconds",
+        "tg_deliveries_total{",
+        "tg_ack_frames_total",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
     eprintln!("{metrics}");
