@@ -4,6 +4,7 @@
 //! headers, so it starts with a fresh attempt count — and only then removes it from the dead queue.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use lapin::message::BasicGetMessage;
@@ -82,7 +83,15 @@ struct DeadQueue {
     connection: lapin::Connection,
     channel: Channel,
     queue: String,
+    /// Messages ready when it was opened, and how many this tool removed since: on close it waits
+    /// until the broker has put the rest back, so a command right after sees them all.
+    ready_at_open: u32,
+    removed: std::sync::atomic::AtomicU32,
 }
+
+/// How long `close` waits for the broker to put back what was read (a quorum queue returns them
+/// through its log, after the channel is gone).
+const RETURN_WAIT: Duration = Duration::from_secs(5);
 
 impl DeadQueue {
     async fn open(settings: &AmqpSettings) -> anyhow::Result<Self> {
@@ -90,7 +99,9 @@ impl DeadQueue {
         let channel = connection.create_channel().await.context("failed to open a channel")?;
         let topology = Topology::new(settings.prefix.clone());
         topology.declare(&channel).await.context("failed to declare the topology")?;
-        Ok(Self { connection, channel, queue: topology.dead_queue() })
+        let queue = topology.dead_queue();
+        let ready_at_open = ready(&channel, &queue).await.context("failed to read the dead queue's depth")?;
+        Ok(Self { connection, channel, queue, ready_at_open, removed: Default::default() })
     }
 
     async fn next(&self) -> anyhow::Result<Option<BasicGetMessage>> {
@@ -100,11 +111,34 @@ impl DeadQueue {
             .context("failed to read the dead queue")
     }
 
+    /// Counts a message this tool removed (acked), so `close` does not wait for it.
+    fn removed_one(&self) {
+        self.removed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn close(self) {
-        // Closing the channel returns every message read and not acked to the queue.
+        // Closing the channel returns every message read and not acked to the queue, but
+        // asynchronously: wait (bounded) until they are ready again.
         let _ = self.channel.close(200, "done".into()).await;
+        let expected =
+            self.ready_at_open.saturating_sub(self.removed.load(std::sync::atomic::Ordering::Relaxed));
+        if let Ok(channel) = self.connection.create_channel().await {
+            let deadline = tokio::time::Instant::now() + RETURN_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                match ready(&channel, &self.queue).await {
+                    Ok(count) if count < expected => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ => break,
+                }
+            }
+        }
         let _ = self.connection.close(200, "done".into()).await;
     }
+}
+
+/// Messages ready in `queue` (a passive declare).
+async fn ready(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    Ok(channel.queue_declare(queue.into(), options, Default::default()).await?.message_count())
 }
 
 /// Up to `limit` dead letters, oldest first. Nothing is removed.
@@ -200,6 +234,7 @@ pub async fn replay(
             {
                 anyhow::bail!("the broker closed the channel before the dead letter was removed");
             }
+            dead.removed_one();
             replayed.push(letter.id);
         }
         Ok(())
