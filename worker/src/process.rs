@@ -533,7 +533,7 @@ fn retry_delay(attempts: u32) -> Duration {
 
 /// Parks a request that is being handled (retry, flood, bad token): its current body (a migration
 /// may have changed it), its carried state, and "not before `until`". It gets a new chat slot when
-/// it returns.
+/// it returns. Returns a boxed future, so the rare parking path takes no room in `handle`'s.
 fn park_request<'a>(
     inner: &'a Inner,
     job: &'a Arc<Job>,
@@ -639,6 +639,7 @@ pub(crate) async fn run_parking(inner: Arc<Inner>, mut queue: mpsc::UnboundedRec
 
 /// Publishes the delivery to the dead-letter exchange with the reason, and acks it only once the
 /// broker confirmed the dead letter. If that publish fails, the delivery goes back to the queue.
+/// Boxed: its publish future is large, and it is awaited from every lane's task.
 pub(crate) fn dead_letter<'a>(
     inner: &'a Inner,
     delivery: &'a Received,
@@ -793,6 +794,7 @@ async fn publish_event(inner: &Inner, event: impl FnOnce() -> Event) {
     publishing.await;
 }
 
+/// The publish behind [`publish_event`], boxed so the callers' futures stay small.
 fn publish_built_event(inner: &Inner, event: Event) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         let exchange = inner.topology.events_exchange();
