@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use serde::Serialize;
 use serde_json::Value;
-use shared::amqp::{connect, Outgoing, Publisher};
+use shared::amqp::{connect, inspect_queue, Outgoing, Publisher};
 use shared::config::AmqpSettings;
 use shared::topology::{Topology, HEADER_BOT, HEADER_DEAD_AT, HEADER_ERROR, HEADER_ERROR_CLASS};
 
@@ -135,10 +135,9 @@ impl DeadQueue {
     }
 }
 
-/// Messages ready in `queue` (a passive declare).
+/// Messages ready in `queue`.
 async fn ready(channel: &Channel, queue: &str) -> lapin::Result<u32> {
-    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-    Ok(channel.queue_declare(queue.into(), options, Default::default()).await?.message_count())
+    Ok(inspect_queue(channel, queue).await?.message_count())
 }
 
 /// Up to `limit` dead letters, oldest first. Nothing is removed.

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_redis::redis;
-use lapin::options::QueueDeclareOptions;
 use serde::Serialize;
-use shared::amqp::connect;
+use shared::amqp::{connect, inspect_queue};
 use shared::config::AmqpSettings;
 use shared::topology::{Topology, DELAY_TIERS};
 
@@ -69,11 +68,8 @@ async fn queues(amqp: &AmqpSettings) -> anyhow::Result<Vec<QueueStatus>> {
     wanted.push((topology.dead_queue(), "dead".to_string()));
     let mut out = Vec::new();
     for (name, role) in wanted {
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        let queue = channel
-            .queue_declare(name.as_str().into(), options, Default::default())
-            .await
-            .with_context(|| format!("failed to inspect {name}"))?;
+        let queue =
+            inspect_queue(&channel, &name).await.with_context(|| format!("failed to inspect {name}"))?;
         out.push(QueueStatus {
             name,
             role,

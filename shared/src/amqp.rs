@@ -59,6 +59,13 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Conn
         .with_context(|| format!("failed to connect to {}", settings.display_url()))
 }
 
+/// A passive declare of `queue`: its ready messages and consumers, without creating or changing
+/// it (an error if it does not exist, which closes `channel`).
+pub async fn inspect_queue(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    channel.queue_declare(queue.into(), options, Default::default()).await
+}
+
 /// Capped exponential backoff with full jitter: a random delay in `[base/2, min(max, base·2^n)]`.
 pub fn backoff_delay(failures: u32, base: Duration, max: Duration) -> Duration {
     let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
@@ -249,8 +256,7 @@ impl Publisher {
     /// Messages ready in `queue` (a passive declare), or `None` if the broker cannot say now.
     pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
         let link = self.link().await.ok()?;
-        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        let declared = link.channels[0].queue_declare(queue.into(), options, Default::default());
+        let declared = inspect_queue(&link.channels[0], queue);
         let declared = tokio::time::timeout(self.confirm_timeout, declared).await.ok()?.ok()?;
         Some(declared.message_count())
     }

@@ -255,10 +255,14 @@ async fn raw_publish(scratch: &Scratch, n: usize, size: usize) -> anyhow::Result
     Ok(started.elapsed())
 }
 
-/// (1b) Consumes and acks `n` prefilled messages with a plain lapin consumer (one ack each).
-async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16) -> anyhow::Result<Duration> {
+/// (1b) Consumes and acks `n` prefilled messages with a plain lapin consumer, one ack each. With a
+/// `hold` (1c), each delivery is acked by a task of its own after `hold`, no HTTP: what the broker
+/// itself allows at this prefetch when every message is held as long as Telegram's latency — the
+/// prefetch ÷ latency bound minus the broker's own ack-to-next-delivery time.
+async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16, hold: Duration) -> anyhow::Result<Duration> {
     use futures_util::StreamExt;
     use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let connection = connect(&scratch.settings, "tg-bench raw consume").await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -270,73 +274,32 @@ async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16) -> anyhow::Resu
             Default::default(),
         )
         .await?;
-    // Timed from the first delivery to the last ack, as the worker is timed from its first send
-    // to its last: connecting and the first delivery's way from the broker are left out of both.
+    // Timed from the first delivery's release to the last ack, as the worker is timed from its
+    // first send to its last: connecting and the first delivery's way from the broker are left out
+    // of both.
+    let acked = Arc::new(AtomicUsize::new(0));
     let mut started = None;
-    let mut count = 0;
-    while count < n {
+    for _ in 0..n {
         let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
             .context("raw consumer stalled")?
             .context("consumer closed")??;
-        started.get_or_insert_with(Instant::now);
-        delivery.acker.ack(BasicAckOptions::default()).await?;
-        count += 1;
-    }
-    let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
-    let _ = connection.close(200, "done".into()).await;
-    Ok(elapsed)
-}
-
-/// (3b, reference) Consumes `n` prefilled messages holding each for `hold` before its ack (a task
-/// per delivery, no HTTP): what the broker itself allows at this prefetch when every message is
-/// held as long as Telegram's latency — the prefetch ÷ latency bound minus the broker's own
-/// ack-to-next-delivery time.
-async fn raw_consume_held(
-    scratch: &Scratch,
-    n: usize,
-    prefetch: u16,
-    hold: Duration,
-) -> anyhow::Result<Duration> {
-    use futures_util::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-    let connection = connect(&scratch.settings, "tg-bench raw consume, held").await?;
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            scratch.topology.send_queue().into(),
-            "raw-held".into(),
-            BasicConsumeOptions::default(),
-            Default::default(),
-        )
-        .await?;
-    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut started = None;
-    let mut received = 0;
-    while received < n {
-        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .context("raw consumer stalled")?
-            .context("consumer closed")??;
-        // Timed from the first delivery's release, as the worker is timed from its first send.
         started.get_or_insert_with(|| Instant::now() + hold);
-        received += 1;
+        if hold.is_zero() {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            acked.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let acked = Arc::clone(&acked);
         tokio::spawn(async move {
             tokio::time::sleep(hold).await;
             if delivery.acker.ack(BasicAckOptions::default()).await.is_ok() {
-                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                acked.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
-    let all_acked =
-        wait_until(Duration::from_secs(30), || acked.load(std::sync::atomic::Ordering::Relaxed) >= n).await;
-    anyhow::ensure!(
-        all_acked,
-        "the held consumer acked {} of {n}",
-        acked.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    let all_acked = wait_until(Duration::from_secs(30), || acked.load(Ordering::Relaxed) >= n).await;
+    anyhow::ensure!(all_acked, "the raw consumer acked {} of {n}", acked.load(Ordering::Relaxed));
     let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
     let _ = connection.close(200, "done".into()).await;
     Ok(elapsed)
@@ -674,7 +637,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
         format!("{publish:.0} msg/s"),
         "ceiling".into(),
     ));
-    let consume = rate_between(n, raw_consume(scratch, n, options.prefetch).await?);
+    let consume = rate_between(n, raw_consume(scratch, n, options.prefetch, Duration::ZERO).await?);
     rows.push(row("1b raw lapin consume + ack", format!("{consume:.0} msg/s"), "ceiling".into()));
     purge(scratch).await?;
 
@@ -739,7 +702,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     if options.runs("3b") {
         let little = f64::from(options.prefetch) / 0.05;
         scratch.prefill((0..n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
-        let elapsed = raw_consume_held(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
+        let elapsed = raw_consume(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
         let held = rate_between(n, elapsed);
         rows.push(row(
             "1c raw lapin consume, each held 50 ms before its ack",

@@ -165,13 +165,7 @@ impl TestEnv {
 
     /// Messages ready in `queue` (passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        let queue = self
-            .channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await
-            .expect("queue exists");
-        queue.message_count()
+        shared::amqp::inspect_queue(&self.channel, queue).await.expect("queue exists").message_count()
     }
 
     /// Takes one message off `queue`, acking it, if there is one.
