@@ -21,12 +21,15 @@ use crate::sandbox::{Sandbox, SandboxConfig, SandboxLimits};
 /// Token the benchmarks' worker uses against the sandbox.
 const TOKEN: &str = "777000:BENCH-sandbox-token";
 
+/// Unconfirmed publishes allowed in flight by the raw publisher (1a) and the prefill.
+const PUBLISH_WINDOW: usize = 500;
+
 /// A unique prefix and a declared topology, deleted by [`Scratch::cleanup`].
 pub struct Scratch {
     pub amqp_url: String,
     pub settings: AmqpSettings,
     pub topology: Topology,
-    connection: lapin::Connection,
+    pub connection: lapin::Connection,
     pub channel: lapin::Channel,
 }
 
@@ -41,12 +44,14 @@ impl Scratch {
         Ok(Self { amqp_url: amqp_url.to_string(), settings, topology, connection, channel })
     }
 
-    /// Publishes `bodies` to the send exchange with confirms, pipelined in windows of 500.
+    /// Publishes `bodies` to the send exchange with confirms, pipelined: up to [`PUBLISH_WINDOW`]
+    /// unconfirmed at any time (a sliding window; waiting for a whole window to drain before the
+    /// next stalls the pipe and measured ~15 % slower).
     pub async fn prefill(&self, bodies: impl IntoIterator<Item = Vec<u8>>) -> anyhow::Result<usize> {
         let channel = self.connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let exchange = self.topology.send_exchange();
-        let mut pending = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
         let mut count = 0;
         for body in bodies {
             let properties =
@@ -60,11 +65,11 @@ impl Scratch {
                     properties,
                 )
                 .await?;
-            pending.push(confirm);
+            pending.push_back(confirm);
             count += 1;
-            if pending.len() >= 500 {
-                for confirm in pending.drain(..) {
-                    anyhow::ensure!(confirm.await?.is_ack(), "the broker refused a prefill message");
+            if pending.len() >= PUBLISH_WINDOW {
+                if let Some(oldest) = pending.pop_front() {
+                    anyhow::ensure!(oldest.await?.is_ack(), "the broker refused a prefill message");
                 }
             }
         }
@@ -205,6 +210,8 @@ pub struct PerfOptions {
     pub size: usize,
     /// Path of the worker binary (RSS and idle CPU are measured on its process).
     pub worker_binary: std::path::PathBuf,
+    /// Path of the dispatcher binary (`tg-dispatcher`; run with `serve` as a process of its own).
+    pub dispatcher_binary: std::path::PathBuf,
     /// Path of `tg-bench` itself: its hidden `bare-loop` command is the reference consumer.
     pub bench_binary: std::path::PathBuf,
     /// Seconds of the light-load latency run (at 100 requests/s) and of the idle CPU sample.
@@ -212,18 +219,14 @@ pub struct PerfOptions {
     /// Measurements to run besides the ceilings (1a, 1b): any of `2`, `3a`, `3c`, `3b`, `4`, `5`;
     /// empty runs them all.
     pub only: Vec<String>,
+    /// Times the whole sequence is measured; the table gives medians (see [`perf`]).
+    pub rounds: usize,
 }
 
 impl PerfOptions {
     fn runs(&self, measurement: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|m| m == measurement)
     }
-}
-
-struct Row {
-    label: String,
-    value: String,
-    ratio: String,
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -253,6 +256,56 @@ async fn raw_publish(scratch: &Scratch, n: usize, size: usize) -> anyhow::Result
     let started = Instant::now();
     scratch.prefill((0..n).map(|i| body_of_size(i as i64 + 1, size))).await?;
     Ok(started.elapsed())
+}
+
+/// (1d) `publishers` tasks on one confirm channel, each publishing its next message only once the
+/// last one is confirmed: the broker's own rate at the concurrency the dispatcher gets from its
+/// HTTP clients (each waits for its 202, which waits for the confirm). Not a target; it tells how
+/// much of the gap between 2 and 1a is the product and how much is fewer messages in flight.
+async fn raw_publish_each_confirmed(
+    scratch: &Scratch,
+    n: usize,
+    publishers: usize,
+    size: usize,
+) -> anyhow::Result<Duration> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let channel = scratch.connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let exchange = scratch.topology.send_exchange();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..publishers.max(1) {
+        let (channel, exchange, next) = (channel.clone(), exchange.clone(), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                let body = body_of_size(i as i64 + 1, size);
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "bench".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await?;
+                anyhow::ensure!(confirm.await?.is_ack(), "the broker refused a message");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    let _ = channel.close(200, "published".into()).await;
+    Ok(elapsed)
 }
 
 /// (1b) Consumes and acks `n` prefilled messages with a plain lapin consumer, one ack each. With a
@@ -313,33 +366,15 @@ async fn purge(scratch: &Scratch) -> anyhow::Result<()> {
 /// (2) `n` POSTs from `clients` concurrent keep-alive clients; returns elapsed and latencies.
 async fn dispatcher_ingress(
     scratch: &Scratch,
-    n: usize,
-    clients: usize,
-    size: usize,
+    options: &PerfOptions,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
-    let dispatcher = start_dispatcher(scratch).await?;
-    let url = format!("http://{}/v1/messages", dispatcher.addr);
+    let (n, clients, size) = (options.n, options.clients, options.size);
+    let dispatcher = start_dispatcher(scratch, &options.dispatcher_binary).await?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients.max(1) {
-        let (url, next) = (url.clone(), Arc::clone(&next));
-        let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(latencies);
-                }
-                let body = body_of_size(i as i64 + 1, size);
-                let sent = Instant::now();
-                let response =
-                    http.post(&url).header("content-type", "application/json").body(body).send().await?;
-                anyhow::ensure!(response.status() == 202, "dispatcher answered {}", response.status());
-                latencies.push(sent.elapsed());
-            }
-        }));
+        tasks.push(tokio::spawn(post_until_done(dispatcher.addr, Arc::clone(&next), n, size)));
     }
     let mut latencies = Vec::with_capacity(n);
     for task in tasks {
@@ -351,31 +386,99 @@ async fn dispatcher_ingress(
     Ok((elapsed, latencies))
 }
 
+/// One load-generating client of (2): a single keep-alive HTTP/1.1 connection that POSTs request
+/// number `next` until `n` have been taken, and returns each request's latency. A bare hyper
+/// connection rather than reqwest: on two shared cores every microsecond the load generator spends
+/// is taken from the dispatcher and the broker it measures (reqwest's pool, URL parsing and
+/// redirect policy cost about as much CPU per request as the dispatcher itself).
+async fn post_until_done(
+    addr: std::net::SocketAddr,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+    n: usize,
+    size: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream))
+            .await?;
+    let host = addr.to_string();
+    let requests = async move {
+        let mut latencies = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                return anyhow::Ok(latencies);
+            }
+            let request = hyper::Request::post("/v1/messages")
+                .header(hyper::header::HOST, host.as_str())
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(bytes::Bytes::from(body_of_size(i as i64 + 1, size))))?;
+            let sent = Instant::now();
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            // Read the answer to its end so the connection can carry the next request.
+            response.into_body().collect().await?;
+            anyhow::ensure!(status == 202, "dispatcher answered {status}");
+            latencies.push(sent.elapsed());
+        }
+    };
+    // The connection is driven in this same task (no hand-off between tasks per request); it ends
+    // once `requests` returns and drops `sender`.
+    let (latencies, _) = tokio::join!(requests, connection);
+    latencies
+}
+
+/// The dispatcher under measurement: a `tg-dispatcher serve` process of its own, as deployed (the
+/// load generator does not share its runtime).
 struct RunningDispatcher {
     addr: std::net::SocketAddr,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    child: tokio::process::Child,
 }
 
 impl RunningDispatcher {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        let _ = self.task.await;
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 }
 
-async fn start_dispatcher(scratch: &Scratch) -> anyhow::Result<RunningDispatcher> {
-    let env: HashMap<&str, &str> = HashMap::from([
-        ("AMQP_URL", scratch.amqp_url.as_str()),
-        ("QUEUE_PREFIX", scratch.topology.prefix()),
-        ("DISPATCHER_LISTEN", "127.0.0.1:0"),
-    ]);
-    let config = dispatcher::DispatcherConfig::from_env(&env)?;
-    let app = dispatcher::Application::build(config).await?;
-    let addr = app.local_addr()?;
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
-    Ok(RunningDispatcher { addr, shutdown, task })
+async fn start_dispatcher(scratch: &Scratch, binary: &std::path::Path) -> anyhow::Result<RunningDispatcher> {
+    // A free port: bound, read and released just before the dispatcher binds it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut child = tokio::process::Command::new(binary)
+        .arg("serve")
+        .env_clear()
+        .env("AMQP_URL", &scratch.amqp_url)
+        .env("QUEUE_PREFIX", scratch.topology.prefix())
+        .env("DISPATCHER_LISTEN", addr.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start {}", binary.display()))?;
+    // Ready once it answers its readiness probe (it connects to the broker first).
+    let probe = reqwest::Client::new();
+    let url = format!("http://{addr}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = probe.get(&url).send().await {
+            if response.status().is_success() {
+                return Ok(RunningDispatcher { addr, child });
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{} exited ({status}) before it was ready", binary.display());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the dispatcher was not ready within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What consumes the backlog in a throughput measurement.
@@ -574,7 +677,7 @@ pub async fn bare_loop(amqp_url: &str) -> anyhow::Result<()> {
 async fn end_to_end_latency(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<Vec<Duration>> {
     let sandbox = Sandbox::start(SandboxConfig::default()).await?;
     let worker = WorkerProcess::start(options, Consumer::Worker, scratch, &sandbox, options.prefetch)?;
-    let dispatcher = start_dispatcher(scratch).await?;
+    let dispatcher = start_dispatcher(scratch, &options.dispatcher_binary).await?;
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/messages", dispatcher.addr);
     // Let the worker connect and start consuming before measuring.
@@ -607,52 +710,146 @@ async fn end_to_end_latency(scratch: &Scratch, options: &PerfOptions) -> anyhow:
 }
 
 /// The performance benchmark: the broker's own ceiling and the product measured against it in
-/// one run, on one machine. Prints one table.
+/// one run, on one machine, `options.rounds` times over. Prints one table: with more than one
+/// round, each figure is the median over the rounds and each ratio the median of the ratios taken
+/// within a round (a ceiling and the product measured seconds apart), with their range.
 pub async fn perf(amqp_url: &str, options: &PerfOptions) -> anyhow::Result<String> {
     let scratch = Scratch::new(amqp_url).await?;
-    let outcome = perf_rows(&scratch, options).await;
+    let mut rounds = Vec::new();
+    let mut outcome = Ok(());
+    for _ in 0..options.rounds.max(1) {
+        match perf_rows(&scratch, options).await {
+            Ok(rows) => rounds.push(rows),
+            Err(error) => {
+                outcome = Err(error);
+                break;
+            }
+        }
+    }
     scratch.cleanup().await;
-    let rows = outcome?;
+    outcome?;
     let mut out = String::new();
+    let count = rounds.len();
     writeln!(
         out,
-        "perf: N={} clients={} prefetch={} text={} B, quorum queues, one run",
-        options.n, options.clients, options.prefetch, options.size
+        "perf: N={} clients={} prefetch={} text={} B, quorum queues, {}",
+        options.n,
+        options.clients,
+        options.prefetch,
+        options.size,
+        if count == 1 { "one round".to_string() } else { format!("median of {count} rounds") }
     )?;
-    writeln!(out, "  {:<58} {:>16} {:>12}", "measurement", "result", "vs ceiling")?;
-    for row in rows {
-        writeln!(out, "  {:<58} {:>16} {:>12}", row.label, row.value, row.ratio)?;
+    writeln!(out, "  {:<58} {:>16} {:>12} {:>11}", "measurement", "result", "vs ceiling", "range")?;
+    for (index, first) in rounds[0].iter().enumerate() {
+        let same: Vec<&Row> = rounds.iter().filter_map(|rows| rows.get(index)).collect();
+        let values: Vec<f64> = (0..first.values.len())
+            .filter_map(|k| median(same.iter().filter_map(|row| row.values.get(k).copied()).collect()))
+            .collect();
+        let ratios: Vec<f64> = same.iter().filter_map(|row| row.ratio.map(|(ratio, _)| ratio)).collect();
+        let (ratio, range) = match (first.ratio, median(ratios.clone())) {
+            (Some((_, of)), Some(middle)) => {
+                let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let range = if count > 1 { format!("{low:.2}–{high:.2}") } else { String::new() };
+                (format!("{middle:.2} {of}"), range)
+            }
+            _ if first.ceiling => ("ceiling".to_string(), String::new()),
+            _ => (String::new(), String::new()),
+        };
+        writeln!(out, "  {:<58} {:>16} {:>12} {:>11}", first.label, first.unit.show(&values), ratio, range)?;
     }
     Ok(out)
+}
+
+/// The middle value (the mean of the middle two for an even count); `None` for no values.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        len if len % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
+}
+
+/// What a row's numbers are, for printing.
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    /// One rate, with its unit (`msg/s`, `req/s`).
+    Rate(&'static str),
+    /// p50 and p99, in milliseconds.
+    Percentiles,
+    Mebibytes,
+    Percent,
+}
+
+impl Unit {
+    fn show(self, values: &[f64]) -> String {
+        match (self, values) {
+            (Unit::Rate(unit), [rate]) => format!("{rate:.0} {unit}"),
+            (Unit::Percentiles, [p50, p99]) => format!("{p50:.1} / {p99:.1} ms"),
+            (Unit::Mebibytes, [mib]) => format!("{mib:.1} MiB"),
+            (Unit::Percent, [percent]) => format!("{percent:.2} %"),
+            _ => "n/a".to_string(),
+        }
+    }
+}
+
+/// One line of the table as measured in one round.
+struct Row {
+    label: String,
+    /// Its numbers, as [`Unit`] says; empty when they could not be read (no `/proc`).
+    values: Vec<f64>,
+    unit: Unit,
+    /// A ceiling the other rows are compared with.
+    ceiling: bool,
+    /// The ratio to its ceiling, and what it is a ratio of (`of 1a`, `of Little`).
+    ratio: Option<(f64, &'static str)>,
+}
+
+fn rate_row(label: &str, rate: f64, unit: &'static str, ratio: Option<(f64, &'static str)>) -> Row {
+    Row { label: label.to_string(), values: vec![rate], unit: Unit::Rate(unit), ceiling: false, ratio }
+}
+
+fn ceiling_row(label: &str, rate: f64) -> Row {
+    Row { ceiling: true, ..rate_row(label, rate, "msg/s", None) }
+}
+
+fn plain_row(label: &str, values: Vec<f64>, unit: Unit) -> Row {
+    Row { label: label.to_string(), values, unit, ceiling: false, ratio: None }
 }
 
 async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<Vec<Row>> {
     let n = options.n;
     let mut rows = Vec::new();
-    let row = |label: &str, value: String, ratio: String| Row { label: label.to_string(), value, ratio };
 
     let publish = rate(n, raw_publish(scratch, n, options.size).await?);
-    rows.push(row(
-        "1a raw lapin publish + confirm (window 500)",
-        format!("{publish:.0} msg/s"),
-        "ceiling".into(),
-    ));
+    rows.push(ceiling_row("1a raw lapin publish + confirm (sliding window 500)", publish));
     let consume = rate_between(n, raw_consume(scratch, n, options.prefetch, Duration::ZERO).await?);
-    rows.push(row("1b raw lapin consume + ack", format!("{consume:.0} msg/s"), "ceiling".into()));
+    rows.push(ceiling_row("1b raw lapin consume + ack", consume));
     purge(scratch).await?;
 
     if options.runs("2") {
-        let (elapsed, latencies) = dispatcher_ingress(scratch, n, options.clients, options.size).await?;
-        let ingress = rate(n, elapsed);
-        rows.push(row(
-            &format!("2  dispatcher POST /v1/messages, {} keep-alive clients", options.clients),
-            format!("{ingress:.0} req/s"),
-            format!("{:.2} of 1a", ingress / publish),
+        let matched = rate(n, raw_publish_each_confirmed(scratch, n, options.clients, options.size).await?);
+        rows.push(rate_row(
+            &format!("1d raw publish, {} publishers, each awaits its confirm", options.clients),
+            matched,
+            "msg/s",
+            Some((matched / publish, "of 1a")),
         ));
-        rows.push(row(
+        purge(scratch).await?;
+        let (elapsed, latencies) = dispatcher_ingress(scratch, options).await?;
+        let ingress = rate(n, elapsed);
+        rows.push(rate_row(
+            &format!("2  dispatcher POST /v1/messages, {} keep-alive clients", options.clients),
+            ingress,
+            "req/s",
+            Some((ingress / publish, "of 1a")),
+        ));
+        rows.push(plain_row(
             "   latency p50 / p99",
-            format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
-            String::new(),
+            vec![ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))],
+            Unit::Percentiles,
         ));
         purge(scratch).await?;
     }
@@ -664,10 +861,11 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
                 .await?;
         (rss, idle_cpu) = (peak, idle);
         let instant = rate_between(n, elapsed);
-        rows.push(row(
+        rows.push(rate_row(
             "3a worker, instant sandbox, limits off",
-            format!("{instant:.0} msg/s"),
-            format!("{:.2} of 1b", instant / consume),
+            instant,
+            "msg/s",
+            Some((instant / consume, "of 1b")),
         ));
         if options.runs("3a") {
             let (elapsed, _, _) = worker_throughput(
@@ -680,10 +878,11 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
             )
             .await?;
             let bare = rate_between(n, elapsed);
-            rows.push(row(
+            rows.push(rate_row(
                 "   bare lapin + teloxide loop (reference), same backlog",
-                format!("{bare:.0} msg/s"),
-                format!("{:.2} of 1b", bare / consume),
+                bare,
+                "msg/s",
+                Some((bare / consume, "of 1b")),
             ));
             purge(scratch).await?;
         }
@@ -693,10 +892,11 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
             worker_throughput(scratch, options, Consumer::Worker, Duration::ZERO, options.prefetch, true)
                 .await?;
         let listened = rate_between(n, elapsed);
-        rows.push(row(
+        rows.push(rate_row(
             "3c worker, as 3a, with a queue bound to delivery events",
-            format!("{listened:.0} msg/s"),
-            format!("{:.2} of 1b", listened / consume),
+            listened,
+            "msg/s",
+            Some((listened / consume, "of 1b")),
         ));
     }
     if options.runs("3b") {
@@ -704,10 +904,11 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
         scratch.prefill((0..n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
         let elapsed = raw_consume(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
         let held = rate_between(n, elapsed);
-        rows.push(row(
+        rows.push(rate_row(
             "1c raw lapin consume, each held 50 ms before its ack",
-            format!("{held:.0} msg/s"),
-            format!("{:.2} of Little", held / little),
+            held,
+            "msg/s",
+            Some((held / little, "of Little")),
         ));
         purge(scratch).await?;
         for (consumer, label) in [
@@ -718,17 +919,17 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
             let (elapsed, _, _) =
                 worker_throughput(scratch, options, consumer, latency, options.prefetch, false).await?;
             let slow = rate_between(n, elapsed);
-            rows.push(row(&label, format!("{slow:.0} msg/s"), format!("{:.2} of Little", slow / little)));
+            rows.push(rate_row(&label, slow, "msg/s", Some((slow / little, "of Little"))));
             purge(scratch).await?;
         }
     }
 
     if options.runs("4") {
         let latencies = end_to_end_latency(scratch, options).await?;
-        rows.push(row(
+        rows.push(plain_row(
             "4  end to end at 100 req/s, HTTP accept → sandbox, p50 / p99",
-            format!("{:.1} / {:.1} ms", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
-            String::new(),
+            vec![ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))],
+            Unit::Percentiles,
         ));
         purge(scratch).await?;
     }
@@ -736,20 +937,20 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     if options.runs("5") {
         let (_, rss_1000, _) =
             worker_throughput(scratch, options, Consumer::Worker, Duration::ZERO, 1000, false).await?;
-        rows.push(row(
+        rows.push(plain_row(
             &format!("5  worker peak RSS during 3a (prefetch {})", options.prefetch),
-            rss.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
-            String::new(),
+            rss.into_iter().collect(),
+            Unit::Mebibytes,
         ));
-        rows.push(row(
+        rows.push(plain_row(
             "   worker peak RSS, same run at prefetch 1000",
-            rss_1000.map(|r| format!("{r:.1} MiB")).unwrap_or_else(|| "n/a".into()),
-            String::new(),
+            rss_1000.into_iter().collect(),
+            Unit::Mebibytes,
         ));
-        rows.push(row(
+        rows.push(plain_row(
             &format!("   worker CPU while idle ({} s sample)", options.light_secs),
-            idle_cpu.map(|c| format!("{c:.2} %")).unwrap_or_else(|| "n/a".into()),
-            String::new(),
+            idle_cpu.into_iter().collect(),
+            Unit::Percent,
         ));
     }
     Ok(rows)
@@ -757,4 +958,25 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_takes_the_middle_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0]), Some(3.0));
+        assert_eq!(median(vec![9.0, 1.0, 5.0]), Some(5.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 10.0]), Some(3.0));
+    }
+
+    #[test]
+    fn rows_print_their_numbers_or_say_they_have_none() {
+        assert_eq!(Unit::Rate("msg/s").show(&[12345.6]), "12346 msg/s");
+        assert_eq!(Unit::Percentiles.show(&[1.24, 9.0]), "1.2 / 9.0 ms");
+        assert_eq!(Unit::Mebibytes.show(&[]), "n/a");
+        assert_eq!(Unit::Percent.show(&[0.2]), "0.20 %");
+    }
 }

@@ -43,10 +43,17 @@ enum Scenario {
         /// The worker binary to measure (default: tg-worker next to this binary).
         #[arg(long)]
         worker: Option<std::path::PathBuf>,
+        /// The dispatcher binary to measure (default: tg-dispatcher next to this binary).
+        #[arg(long)]
+        dispatcher: Option<std::path::PathBuf>,
         /// Run only these measurements besides the ceilings, e.g. `--only 3a,3b` (of 2, 3a, 3c,
         /// 3b, 4, 5); all of them by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Measure everything this many times and print medians, with the range of each ratio
+        /// (this machine's figures swing by ±25 % from one run to the next).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
+        rounds: u16,
     },
     /// The reference consumer `perf` starts as a process (internal).
     #[command(hide = true)]
@@ -80,10 +87,14 @@ fn main() -> ExitCode {
             Scenario::HeadOfLine { busy, others } => {
                 tests::bench::head_of_line(&cli.amqp_url, busy, others).await
             }
-            Scenario::Perf { n, clients, prefetch, size, light_secs, worker, only } => {
+            Scenario::Perf { n, clients, prefetch, size, light_secs, worker, dispatcher, only, rounds } => {
                 let worker_binary = match worker {
                     Some(path) => path,
                     None => std::env::current_exe()?.with_file_name("tg-worker"),
+                };
+                let dispatcher_binary = match dispatcher {
+                    Some(path) => path,
+                    None => std::env::current_exe()?.with_file_name("tg-dispatcher"),
                 };
                 let options = tests::bench::PerfOptions {
                     n,
@@ -91,9 +102,11 @@ fn main() -> ExitCode {
                     prefetch,
                     size,
                     worker_binary,
+                    dispatcher_binary,
                     bench_binary: std::env::current_exe()?,
                     light_secs,
                     only,
+                    rounds: usize::from(rounds),
                 };
                 tests::bench::perf(&cli.amqp_url, &options).await
             }

@@ -18,14 +18,17 @@ async fn the_perf_benchmark_runs_and_prints_its_table() {
         prefetch: 32,
         size: 50,
         worker_binary: env!("CARGO_BIN_EXE_tg-worker-e2e").into(),
+        dispatcher_binary: env!("CARGO_BIN_EXE_tg-dispatcher-e2e").into(),
         bench_binary: env!("CARGO_BIN_EXE_tg-bench").into(),
         light_secs: 1,
         only: Vec::new(),
+        rounds: 1,
     };
     let table = tests::bench::perf(&crate::helpers::amqp_url(), &options).await.expect("benchmark ran");
     for line in [
         "1a raw lapin publish",
         "1b raw lapin consume",
+        "1d raw publish, 4 publishers",
         "2  dispatcher",
         "3a worker",
         "bare lapin + teloxide loop (reference), same backlog",
