@@ -41,8 +41,7 @@ impl Application {
             .with_context(|| format!("failed to listen on {}", config.listen))?;
         let publisher =
             Publisher::new(config.amqp.clone(), "tg-dispatcher", config.publish_timeout, PUBLISH_CHANNELS);
-        let state =
-            http::AppState { publisher: Arc::new(publisher), api_keys: Arc::new(config.api_keys.clone()) };
+        let state = http::AppState::new(publisher, config.api_keys.clone());
         Ok(Self { listener, state, config })
     }
 

@@ -128,6 +128,18 @@ async fn readiness_reports_a_usable_broker_and_shutdown_is_clean() {
     let dispatcher = env.spawn_dispatcher(&[]).await;
     eventually("readyz 200", DEADLINE, || async { (dispatcher.get("/readyz").await == 200).then_some(()) })
         .await;
+    // Answers are counted by route and status: 202s through handles made once, others by lookup.
+    assert_eq!(dispatcher.post_json("/v1/messages", &message(1, "counted"), None).await.0, 202);
+    assert_eq!(dispatcher.post_json("/v1/messages", &json!({"method": "sendMessage"}), None).await.0, 400);
+    let metrics =
+        dispatcher.http.get(dispatcher.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        r#"tg_http_requests_total{route="messages",status="202"}"#,
+        r#"tg_http_requests_total{route="messages",status="400"}"#,
+        r#"tg_http_request_seconds_count{route="messages"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+    }
     let addr = dispatcher.addr;
     dispatcher.stop().await.expect("clean stop");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
