@@ -54,18 +54,7 @@ impl Scratch {
         let mut pending = std::collections::VecDeque::new();
         let mut count = 0;
         for body in bodies {
-            let properties =
-                BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
-            let confirm = channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "bench".into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await?;
-            pending.push_back(confirm);
+            pending.push_back(publish_persistent(&channel, &exchange, &body).await?);
             count += 1;
             if pending.len() >= PUBLISH_WINDOW {
                 if let Some(oldest) = pending.pop_front() {
@@ -100,6 +89,20 @@ impl Scratch {
         }
         Ok(WorkerConfig::from_env(&env)?)
     }
+}
+
+/// Publishes one persistent JSON message to `exchange` (routing key `bench`); the returned
+/// confirm resolves once the broker holds it (the channel is in confirm mode).
+async fn publish_persistent(
+    channel: &lapin::Channel,
+    exchange: &str,
+    body: &[u8],
+) -> lapin::Result<lapin::PublisherConfirm> {
+    let properties =
+        BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
+    channel
+        .basic_publish(exchange.into(), "bench".into(), BasicPublishOptions::default(), body, properties)
+        .await
 }
 
 fn message(chat_id: i64, text: &str) -> Vec<u8> {
@@ -283,19 +286,8 @@ async fn raw_publish_each_confirmed(
                 if i >= n {
                     return anyhow::Ok(());
                 }
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
-                let body = body_of_size(i as i64 + 1, size);
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "bench".into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await?;
+                let confirm =
+                    publish_persistent(&channel, &exchange, &body_of_size(i as i64 + 1, size)).await?;
                 anyhow::ensure!(confirm.await?.is_ack(), "the broker refused a message");
             }
         }));
@@ -462,6 +454,27 @@ async fn read_response(stream: &mut tokio::net::TcpStream, received: &mut Vec<u8
     }
 }
 
+/// Starts a process under measurement with no terminal I/O (its logs would cost CPU the
+/// measurement needs), killed if the benchmark drops it.
+fn spawn_quiet(command: &mut tokio::process::Command) -> anyhow::Result<tokio::process::Child> {
+    let binary = command.as_std().get_program().to_owned();
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start {}", binary.to_string_lossy()))
+}
+
+/// SIGTERM, then up to 30 s for the graceful stop.
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+}
+
 /// The dispatcher under measurement: a `tg-dispatcher serve` process of its own, as deployed (the
 /// load generator does not share its runtime).
 struct RunningDispatcher {
@@ -471,29 +484,22 @@ struct RunningDispatcher {
 
 impl RunningDispatcher {
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        terminate(&mut self.child).await;
     }
 }
 
 async fn start_dispatcher(scratch: &Scratch, binary: &std::path::Path) -> anyhow::Result<RunningDispatcher> {
     // A free port: bound, read and released just before the dispatcher binds it.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut child = tokio::process::Command::new(binary)
+    let mut command = tokio::process::Command::new(binary);
+    command
         .arg("serve")
         .env_clear()
         .env("AMQP_URL", &scratch.amqp_url)
         .env("QUEUE_PREFIX", scratch.topology.prefix())
         .env("DISPATCHER_LISTEN", addr.to_string())
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("failed to start {}", binary.display()))?;
+        .env("RUST_LOG", "warn");
+    let mut child = spawn_quiet(&mut command)?;
     // Ready once it answers its readiness probe (it connects to the broker first).
     let probe = reqwest::Client::new();
     let url = format!("http://{addr}/readyz");
@@ -542,8 +548,7 @@ impl WorkerProcess {
                 command
             }
         };
-        let binary = command.as_std().get_program().to_owned();
-        let child = command
+        command
             .env_clear()
             .env("AMQP_URL", &scratch.amqp_url)
             .env("QUEUE_PREFIX", scratch.topology.prefix())
@@ -556,14 +561,8 @@ impl WorkerProcess {
             .env("RATE_GLOBAL_PER_SEC", "1000000")
             .env("RATE_CHAT_PER_SEC", "1000000")
             .env("RATE_GROUP_PER_MIN", "60000000")
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("failed to start {}", binary.to_string_lossy()))?;
-        Ok(Self { child })
+            .env("RUST_LOG", "warn");
+        Ok(Self { child: spawn_quiet(&mut command)? })
     }
 
     fn pid(&self) -> Option<u32> {
@@ -588,10 +587,7 @@ impl WorkerProcess {
     }
 
     async fn stop(mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        terminate(&mut self.child).await;
     }
 }
 

@@ -131,8 +131,7 @@ async fn readiness_reports_a_usable_broker_and_shutdown_is_clean() {
     // Answers are counted by route and status: 202s through handles made once, others by lookup.
     assert_eq!(dispatcher.post_json("/v1/messages", &message(1, "counted"), None).await.0, 202);
     assert_eq!(dispatcher.post_json("/v1/messages", &json!({"method": "sendMessage"}), None).await.0, 400);
-    let metrics =
-        dispatcher.http.get(dispatcher.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = dispatcher.http.get(dispatcher.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for series in [
         r#"tg_http_requests_total{route="messages",status="202"}"#,
         r#"tg_http_requests_total{route="messages",status="400"}"#,
