@@ -500,18 +500,23 @@ async fn start_dispatcher(scratch: &Scratch, binary: &std::path::Path) -> anyhow
         .env("DISPATCHER_LISTEN", addr.to_string())
         .env("RUST_LOG", "warn");
     let mut child = spawn_quiet(&mut command)?;
-    // Ready once it answers its readiness probe (it connects to the broker first).
-    let probe = reqwest::Client::new();
+    // Ready once it answers its readiness probe (it connects to the broker first). Whether it is
+    // still running is checked first: had something else taken the port, it exits at once and the
+    // answer would not be its own.
+    let probe = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
     let url = format!("http://{addr}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(response) = probe.get(&url).send().await {
-            if response.status().is_success() {
-                return Ok(RunningDispatcher { addr, child });
-            }
-        }
         if let Some(status) = child.try_wait()? {
-            anyhow::bail!("{} exited ({status}) before it was ready", binary.display());
+            anyhow::bail!(
+                "{} exited ({status}) before it was ready; run `{0} serve` with AMQP_URL, QUEUE_PREFIX \
+                 and DISPATCHER_LISTEN={addr} to see why",
+                binary.display()
+            );
+        }
+        let ready = probe.get(&url).send().await.is_ok_and(|response| response.status().is_success());
+        if ready {
+            return Ok(RunningDispatcher { addr, child });
         }
         anyhow::ensure!(Instant::now() < deadline, "the dispatcher was not ready within 20 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -769,7 +774,14 @@ pub async fn perf(amqp_url: &str, options: &PerfOptions) -> anyhow::Result<Strin
     writeln!(out, "  {:<58} {:>16} {:>12} {:>11}", "measurement", "result", "vs ceiling", "range")?;
     for (index, first) in rounds[0].iter().enumerate() {
         let same: Vec<&Row> = rounds.iter().filter_map(|rows| rows.get(index)).collect();
-        let values: Vec<f64> = (0..first.values.len())
+        // Which rows a round prints depends only on the options, so rows line up by position.
+        anyhow::ensure!(
+            same.len() == count && same.iter().all(|row| row.label == first.label),
+            "rounds printed different rows at {:?}",
+            first.label
+        );
+        let width = same.iter().map(|row| row.values.len()).max().unwrap_or(0);
+        let values: Vec<f64> = (0..width)
             .filter_map(|k| median(same.iter().filter_map(|row| row.values.get(k).copied()).collect()))
             .collect();
         let ratios: Vec<f64> = same.iter().filter_map(|row| row.ratio.map(|(ratio, _)| ratio)).collect();

@@ -434,14 +434,17 @@ impl Session {
 
         let started = Instant::now();
         // Stop new deliveries; those already received stay ours until acked or the channel closes.
-        if let Err(error) = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
+        let cancelled = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+        if let Err(error) = &cancelled {
             tracing::warn!(%error, "failed to cancel the consumer; closing the channel instead");
         }
         let summary = self.drain(started).await;
         // Every ack queued by the drained tasks goes out before the channel closes, and has a
         // moment to be applied (see SETTLE_GRACE); a second signal does not wait for that.
         stop_flusher(flusher_stop, flusher).await;
-        if !summary.timed_out {
+        // Not while the consumer may still be active: the broker would fill the credit the last
+        // acks freed with deliveries that the close then returns.
+        if !summary.timed_out && cancelled.is_ok() {
             tokio::select! {
                 _ = tokio::time::sleep(SETTLE_GRACE) => {}
                 _ = inner.shutdown.immediate() => {}

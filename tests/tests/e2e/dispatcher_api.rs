@@ -137,7 +137,12 @@ async fn readiness_reports_a_usable_broker_and_shutdown_is_clean() {
         r#"tg_http_requests_total{route="messages",status="400"}"#,
         r#"tg_http_request_seconds_count{route="messages"}"#,
     ] {
-        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+        // Registered series show 0 until counted: the value must have moved.
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|rest| rest.trim().parse::<f64>().ok());
+        assert!(value.is_some_and(|v| v >= 1.0), "{series} not counted in:\n{metrics}");
     }
     let addr = dispatcher.addr;
     dispatcher.stop().await.expect("clean stop");
