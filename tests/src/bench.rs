@@ -414,8 +414,15 @@ async fn post_until_done(
         );
         request.extend_from_slice(&body);
         let sent = Instant::now();
-        stream.write_all(&request).await?;
-        let status = read_response(&mut stream, &mut received).await?;
+        // The dispatcher answers within its publish timeout (503 at worst); a silent one must not
+        // hang the benchmark.
+        let exchange = async {
+            stream.write_all(&request).await?;
+            read_response(&mut stream, &mut received).await
+        };
+        let status = tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .context("the dispatcher did not answer within 60 s")??;
         anyhow::ensure!(status == 202, "dispatcher answered {status}");
         latencies.push(sent.elapsed());
     }
