@@ -10,6 +10,12 @@ use dispatcher::{Application, DispatcherConfig};
 use shared::config::ProcessEnv;
 use shared::shutdown::Shutdown;
 
+/// mimalloc rather than glibc's malloc: a request allocates and frees many small, short-lived
+/// buffers (HTTP head, JSON values, AMQP frames) across the runtime's threads, and glibc's malloc and
+/// free were a quarter of the dispatcher's instructions per request (BENCHMARKS.md, issue 6).
+#[global_allocator]
+static ALLOCATOR: dispatcher::MiMalloc = dispatcher::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match DispatcherConfig::from_env(&ProcessEnv) {

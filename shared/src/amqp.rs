@@ -145,6 +145,11 @@ struct ReconnectState {
 pub struct Publisher {
     settings: AmqpSettings,
     topology: Topology,
+    /// The topology's send exchange, named once rather than formatted per request.
+    send_exchange: String,
+    /// `tg_publish_seconds`, looked up on the first publish (after the process installed its
+    /// metrics recorder; a handle taken before would stay a no-op) instead of on every one.
+    publish_seconds: std::sync::OnceLock<metrics::Histogram>,
     connection_name: String,
     confirm_timeout: Duration,
     channel_count: usize,
@@ -162,8 +167,11 @@ impl Publisher {
         confirm_timeout: Duration,
         channel_count: usize,
     ) -> Self {
+        let topology = Topology::new(settings.prefix.clone());
         Self {
-            topology: Topology::new(settings.prefix.clone()),
+            send_exchange: topology.send_exchange(),
+            publish_seconds: std::sync::OnceLock::new(),
+            topology,
             settings,
             connection_name: connection_name.into(),
             confirm_timeout,
@@ -219,7 +227,8 @@ impl Publisher {
             // Only on channels without confirm mode, which ours never are.
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
         };
-        metrics::histogram!("tg_publish_seconds").record(started.elapsed().as_secs_f64());
+        let publish_seconds = self.publish_seconds.get_or_init(|| metrics::histogram!("tg_publish_seconds"));
+        publish_seconds.record(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             let reason = match error {
                 PublishError::Unavailable(_) => "unavailable",
@@ -237,14 +246,13 @@ impl Publisher {
     /// as the AMQP `message_id`. Returns once the broker confirmed it.
     pub async fn publish_request(&self, request: &SendRequest, app_id: &str) -> Result<(), PublishError> {
         let body = request.to_json();
-        let exchange = self.topology.send_exchange();
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_message_id(request.id().into())
             .with_app_id(app_id.into())
             .with_timestamp(unix_now());
         self.publish(Outgoing {
-            exchange: &exchange,
+            exchange: &self.send_exchange,
             mandatory: true,
             routing_key: request.bot(),
             body: &body,
