@@ -28,9 +28,12 @@ async fn the_perf_benchmark_runs_and_prints_its_table() {
     for line in [
         "1a raw lapin publish",
         "1b raw lapin consume",
-        "1d raw publish, 4 publishers",
+        "CPU per message: broker / raw publishers",
+        "1d raw publish + confirm, 4 in flight",
         "2  dispatcher",
+        "CPU per request: broker / dispatcher / load generator",
         "3a worker",
+        "CPU per message: broker / worker / sandbox",
         "bare lapin + teloxide loop (reference), same backlog",
         "1c raw lapin consume, each held 50 ms",
         "3b worker",
