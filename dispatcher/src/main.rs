@@ -12,7 +12,7 @@ use shared::shutdown::Shutdown;
 
 /// mimalloc rather than glibc's malloc: a request allocates and frees many small, short-lived
 /// buffers (HTTP head, JSON values, AMQP frames) across the runtime's threads, and glibc's malloc and
-/// free were a quarter of the dispatcher's instructions per request (BENCHMARKS.md, issue 6).
+/// free were nearly a quarter of the dispatcher's instructions per request (callgrind; BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: dispatcher::MiMalloc = dispatcher::MiMalloc;
 

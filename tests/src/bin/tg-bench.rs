@@ -36,7 +36,8 @@ enum Scenario {
         n: usize,
         /// Concurrent HTTP clients against the dispatcher (each has one request in flight). The
         /// default matches the ceiling's confirm window (1a): how many messages are in flight sets
-        /// how well the broker batches, and the comparison is meant to measure the product.
+        /// how well the broker batches, and the comparison is meant to measure the product. Any other
+        /// number adds 1d: raw publish with that many in flight.
         #[arg(long, default_value_t = tests::bench::PUBLISH_WINDOW)]
         clients: usize,
         /// Worker prefetch.

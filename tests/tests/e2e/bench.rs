@@ -30,6 +30,7 @@ async fn the_perf_benchmark_runs_and_prints_its_table() {
         "1b raw lapin consume",
         "CPU per message: broker / raw publishers",
         "1d raw publish + confirm, 4 in flight",
+        "CPU per message in 1d: broker / raw publishers",
         "2  dispatcher",
         "CPU per request: broker / dispatcher / load generator",
         "3a worker",
