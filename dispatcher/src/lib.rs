@@ -18,9 +18,6 @@ use shared::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
 pub use config::DispatcherConfig;
-/// The allocator `tg-dispatcher` installs (see its `main.rs`); re-exported so every binary built
-/// from that `main.rs` gets it through this crate.
-pub use mimalloc::MiMalloc;
 
 /// Confirm channels the dispatcher keeps open; publishes are pipelined on each.
 const PUBLISH_CHANNELS: usize = 4;

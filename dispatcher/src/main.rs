@@ -14,7 +14,7 @@ use shared::shutdown::Shutdown;
 /// buffers (HTTP head, JSON values, AMQP frames) across the runtime's threads, and glibc's malloc and
 /// free were nearly a quarter of the dispatcher's instructions per request (callgrind; BENCHMARKS.md).
 #[global_allocator]
-static ALLOCATOR: dispatcher::MiMalloc = dispatcher::MiMalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

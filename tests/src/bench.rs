@@ -36,7 +36,7 @@ pub struct Scratch {
     pub amqp_url: String,
     pub settings: AmqpSettings,
     pub topology: Topology,
-    pub connection: lapin::Connection,
+    connection: lapin::Connection,
     pub channel: lapin::Channel,
 }
 
@@ -959,8 +959,8 @@ fn plain_row(label: &str, values: Vec<f64>, unit: Unit) -> Row {
     Row { label: label.to_string(), values, unit, ceiling: false, ratio: None }
 }
 
-/// A [`CpuMeter`] reading; no figures unless all of them could be read.
-fn cpu_row(label: &str, per_message: [Option<f64>; 3]) -> Row {
+/// Figures of a [`CpuMeter`] reading; none unless all of them could be read.
+fn cpu_row(label: &str, per_message: impl IntoIterator<Item = Option<f64>>) -> Row {
     plain_row(label, per_message.into_iter().collect::<Option<Vec<f64>>>().unwrap_or_default(), Unit::Micros)
 }
 
@@ -972,11 +972,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     let publish = rate(n, raw_publish(scratch, n, PUBLISH_WINDOW, RAW_CHANNELS, options.size).await?);
     rows.push(ceiling_row(&format!("1a raw lapin publish + confirm, {PUBLISH_WINDOW} in flight"), publish));
     let [broker, _, client] = meter.per_message(n);
-    rows.push(plain_row(
-        "   CPU per message: broker / raw publishers",
-        broker.zip(client).map(|(b, c)| vec![b, c]).unwrap_or_default(),
-        Unit::Micros,
-    ));
+    rows.push(cpu_row("   CPU per message: broker / raw publishers", [broker, client]));
     // 1b consumes what 1a published.
     let consume = rate_between(n, raw_consume(scratch, n, options.prefetch, Duration::ZERO).await?);
     rows.push(ceiling_row("1b raw lapin consume + ack", consume));
@@ -994,11 +990,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
                 Some((matched / publish, "of 1a")),
             ));
             let [broker, _, client] = meter.per_message(n);
-            rows.push(plain_row(
-                "   CPU per message in 1d: broker / raw publishers",
-                broker.zip(client).map(|(b, c)| vec![b, c]).unwrap_or_default(),
-                Unit::Micros,
-            ));
+            rows.push(cpu_row("   CPU per message in 1d: broker / raw publishers", [broker, client]));
             purge(scratch).await?;
         }
         let Ingress { elapsed, latencies, cpu } = dispatcher_ingress(scratch, options).await?;
