@@ -246,17 +246,12 @@ impl Publisher {
     /// as the AMQP `message_id`. Returns once the broker confirmed it.
     pub async fn publish_request(&self, request: &SendRequest, app_id: &str) -> Result<(), PublishError> {
         let body = request.to_json();
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_message_id(request.id().into())
-            .with_app_id(app_id.into())
-            .with_timestamp(unix_now());
         self.publish(Outgoing {
             exchange: &self.send_exchange,
             mandatory: true,
             routing_key: request.bot(),
             body: &body,
-            properties,
+            properties: request_properties(request, app_id),
         })
         .await
     }
@@ -368,6 +363,16 @@ impl Publisher {
 }
 
 /// Seconds since the Unix epoch (AMQP timestamps have one-second resolution).
+/// The AMQP properties a send request is published with (besides persistence, which
+/// [`Publisher::publish`] sets): the benchmark's raw-publish ceiling sends the very same message.
+pub fn request_properties(request: &SendRequest, app_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(request.id().into())
+        .with_app_id(app_id.into())
+        .with_timestamp(unix_now())
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -261,9 +261,39 @@ fn body_of_size(chat_id: i64, size: usize) -> Vec<u8> {
     message(chat_id, &"x".repeat(size.max(1)))
 }
 
+/// The bodies of [`dispatched_message`]s to `n` distinct chats from `first_chat` on: the backlog
+/// the consumers (1b, 1c, 3) read is what the dispatcher would have published.
+fn dispatched_bodies(first_chat: i64, n: usize, size: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    (0..n).map(|i| Ok(dispatched_message(first_chat + i as i64, size)?.body)).collect()
+}
+
+/// One AMQP message exactly as the dispatcher publishes it for a request of [`body_of_size`]: the
+/// validated JSON with the id and bot it adds, routed by the bot, with the product's properties.
+struct DispatchedMessage {
+    body: Vec<u8>,
+    routing_key: String,
+    properties: BasicProperties,
+}
+
+fn dispatched_message(chat_id: i64, size: usize) -> anyhow::Result<DispatchedMessage> {
+    let request = shared::wire::SendRequest::from_json(&body_of_size(chat_id, size))
+        .context("the benchmark's own request is invalid")?;
+    Ok(DispatchedMessage {
+        body: request.to_json(),
+        routing_key: request.bot().to_string(),
+        properties: shared::amqp::request_properties(&request, dispatcher::http::APP_ID)
+            .with_delivery_mode(2),
+    })
+}
+
 /// Publishes `n` messages with confirms on the product's quorum queue from `publishers` tasks
 /// spread over `channels` confirm channels, each task publishing its next message only once its
 /// last one is confirmed, so `publishers` messages are in flight.
+///
+/// Each is the very message the dispatcher publishes for one request ([`DispatchedMessage`]: its
+/// JSON with id and bot, its properties, `mandatory`), made before the clock starts. The ceiling
+/// once sent the bare request with two properties: a third smaller, it cost the broker 32–33 µs a
+/// message where the dispatcher's cost it 34–36, so 2 was compared with traffic it never sends.
 ///
 /// (1a, the ceiling) With [`PUBLISH_WINDOW`] tasks. One task keeping a sliding window of as many
 /// unconfirmed publishes on one channel (as [`Scratch::prefill`] does, and as 1a did before) reached
@@ -289,20 +319,29 @@ async fn raw_publish(
         confirm_channels.push(channel);
     }
     let exchange = scratch.topology.send_exchange();
+    // Made before the clock starts: the ceiling's client does no more than hand them to lapin.
+    let messages =
+        (0..n).map(|i| dispatched_message(i as i64 + 1, size)).collect::<anyhow::Result<Vec<_>>>()?;
+    let messages = Arc::new(messages);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..publishers.max(1) {
         let channel = confirm_channels[task % confirm_channels.len()].clone();
-        let (exchange, next) = (exchange.clone(), Arc::clone(&next));
+        let (exchange, next, messages) = (exchange.clone(), Arc::clone(&next), Arc::clone(&messages));
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                let confirm =
-                    publish_persistent(&channel, &exchange, &body_of_size(i as i64 + 1, size)).await?;
+                let Some(message) = messages.get(i) else { return anyhow::Ok(()) };
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        message.routing_key.as_str().into(),
+                        BasicPublishOptions { mandatory: true, immediate: false },
+                        &message.body,
+                        message.properties.clone(),
+                    )
+                    .await?;
                 anyhow::ensure!(confirm.await?.is_ack(), "the broker refused a message");
             }
         }));
@@ -385,12 +424,23 @@ struct Ingress {
 async fn dispatcher_ingress(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<Ingress> {
     let (n, clients, size) = (options.n, options.clients, options.size);
     let dispatcher = start_dispatcher(scratch, &options.dispatcher_binary).await?;
+    // Keep-alive clients are connected before the clock starts, as 1a opens its channels first:
+    // accepting 500 connections is not request throughput, and at the default N it took a fifth
+    // of the measured time on a fast machine.
+    let mut streams = Vec::with_capacity(clients.max(1));
+    for _ in 0..clients.max(1) {
+        let stream = tokio::net::TcpStream::connect(dispatcher.addr)
+            .await
+            .with_context(|| format!("failed to connect to the dispatcher at {}", dispatcher.addr))?;
+        stream.set_nodelay(true)?;
+        streams.push(stream);
+    }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let meter = CpuMeter::start(dispatcher.child.id());
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients.max(1) {
-        tasks.push(tokio::spawn(post_until_done(dispatcher.addr, Arc::clone(&next), n, size)));
+    for stream in streams {
+        tasks.push(tokio::spawn(post_until_done(stream, dispatcher.addr, Arc::clone(&next), n, size)));
     }
     let mut latencies = Vec::with_capacity(n);
     for task in tasks {
@@ -403,22 +453,21 @@ async fn dispatcher_ingress(scratch: &Scratch, options: &PerfOptions) -> anyhow:
     Ok(Ingress { elapsed, latencies, cpu })
 }
 
-/// One load-generating client of (2): a single keep-alive HTTP/1.1 connection that POSTs request
-/// number `next` until `n` have been taken, and returns each request's latency.
+/// One load-generating client of (2): a single keep-alive HTTP/1.1 connection, already open, that
+/// POSTs request number `next` until `n` have been taken, and returns each request's latency.
 ///
 /// Lean on purpose, like `wrk`: on two shared cores every microsecond the load generator spends is
 /// taken from the dispatcher and the broker it measures. With reqwest it cost about as much CPU per
 /// request as the dispatcher itself (~50 µs), with a hyper client connection ~24 µs; this writes
 /// the request bytes itself and reads the answer with `httparse`.
 async fn post_until_done(
+    mut stream: tokio::net::TcpStream,
     addr: std::net::SocketAddr,
     next: Arc<std::sync::atomic::AtomicUsize>,
     n: usize,
     size: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
     let mut latencies = Vec::new();
     let mut request = Vec::with_capacity(256 + size);
     let mut received = Vec::with_capacity(4096);
@@ -720,7 +769,7 @@ async fn worker_throughput(
     } else {
         None
     };
-    scratch.prefill((0..options.n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
+    scratch.prefill(dispatched_bodies(3_000_000, options.n, options.size)?).await?;
     let mut worker = WorkerProcess::start(options, consumer, scratch, &sandbox, prefetch)?;
     let meter = CpuMeter::start(worker.pid());
     let mut exited = None;
@@ -1058,7 +1107,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     }
     if options.runs("3b") {
         let little = f64::from(options.prefetch) / 0.05;
-        scratch.prefill((0..n).map(|i| body_of_size(3_000_000 + i as i64, options.size))).await?;
+        scratch.prefill(dispatched_bodies(3_000_000, n, options.size)?).await?;
         let elapsed = raw_consume(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
         let held = rate_between(n, elapsed);
         rows.push(rate_row(
