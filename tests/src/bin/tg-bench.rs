@@ -31,21 +31,23 @@ enum Scenario {
     /// The product against the broker's own ceiling: raw lapin, dispatcher ingress, worker
     /// throughput (instant and +50 ms Telegram), end-to-end latency, worker RSS and idle CPU.
     Perf {
-        /// Messages per throughput measurement.
-        #[arg(long, default_value_t = 20_000)]
-        n: usize,
+        /// Messages per throughput measurement (at least 2: rates are timed from the first message
+        /// to the last).
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(2..))]
+        n: u32,
         /// Concurrent HTTP clients against the dispatcher (each has one request in flight). The
         /// default matches the ceiling's confirm window (1a): how many messages are in flight sets
         /// how well the broker batches, and the comparison is meant to measure the product. Any other
         /// number adds 1d: raw publish with that many in flight.
-        #[arg(long, default_value_t = tests::bench::PUBLISH_WINDOW)]
-        clients: usize,
+        #[arg(long, default_value_t = tests::bench::PUBLISH_WINDOW as u32,
+            value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        clients: u32,
         /// Worker prefetch.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
         prefetch: u16,
-        /// Message text size in bytes.
-        #[arg(long, default_value_t = 100)]
-        size: usize,
+        /// Message text size in bytes (Telegram takes up to 4096 characters).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        size: u32,
         /// Seconds of the light-load latency run and of the idle CPU sample.
         #[arg(long, default_value_t = 5)]
         light_secs: u64,
@@ -106,10 +108,10 @@ fn main() -> ExitCode {
                     None => std::env::current_exe()?.with_file_name("tg-dispatcher"),
                 };
                 let options = tests::bench::PerfOptions {
-                    n,
-                    clients,
+                    n: n as usize,
+                    clients: clients as usize,
                     prefetch,
-                    size,
+                    size: size as usize,
                     worker_binary,
                     dispatcher_binary,
                     bench_binary: std::env::current_exe()?,
