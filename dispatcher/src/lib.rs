@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use shared::amqp::Publisher;
 use shared::shutdown::Shutdown;
 use tokio::net::TcpListener;
@@ -72,7 +73,14 @@ impl Application {
             tokio::spawn(shared::watchdog::run(self.config.stall_warn, stalls, watchdog_stop.clone()));
         let upkeep = tokio::spawn(shared::metrics::run_upkeep(watchdog_stop.clone()));
         let graceful = shutdown.clone();
-        let server = axum::serve(self.listener, http::router(self.state))
+        // Every answer is one write; without TCP_NODELAY it can wait for the client's ACK of the
+        // previous one (Nagle), which keep-alive clients only send with their next request.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+            }
+        });
+        let server = axum::serve(listener, http::router(self.state))
             .with_graceful_shutdown(async move { graceful.requested().await });
         let timeout = self.config.shutdown_timeout;
         let outcome = tokio::select! {
