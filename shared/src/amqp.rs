@@ -362,7 +362,6 @@ impl Publisher {
     }
 }
 
-/// Seconds since the Unix epoch (AMQP timestamps have one-second resolution).
 /// The AMQP properties a send request is published with (besides persistence, which
 /// [`Publisher::publish`] sets): the benchmark's raw-publish ceiling sends the very same message.
 pub fn request_properties(request: &SendRequest, app_id: &str) -> BasicProperties {
@@ -373,6 +372,7 @@ pub fn request_properties(request: &SendRequest, app_id: &str) -> BasicPropertie
         .with_timestamp(unix_now())
 }
 
+/// Seconds since the Unix epoch (AMQP timestamps have one-second resolution).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::BasicProperties;
+use lapin::{BasicProperties, Confirmation};
 use shared::amqp::connect;
 use shared::config::AmqpSettings;
 use shared::shutdown::Shutdown;
@@ -51,26 +51,29 @@ impl Scratch {
         Ok(Self { amqp_url: amqp_url.to_string(), settings, topology, connection, channel })
     }
 
-    /// Publishes `bodies` to the send exchange with confirms, pipelined: up to [`PUBLISH_WINDOW`]
-    /// unconfirmed at any time (a sliding window; waiting for a whole window to drain before the
-    /// next stalls the pipe and measured ~15 % slower).
-    pub async fn prefill(&self, bodies: impl IntoIterator<Item = Vec<u8>>) -> anyhow::Result<usize> {
+    /// Publishes `messages` to the send exchange with confirms, pipelined: up to
+    /// [`PUBLISH_WINDOW`] unconfirmed at any time (a sliding window; waiting for a whole window to
+    /// drain before the next stalls the pipe and measured ~15 % slower).
+    pub async fn prefill(
+        &self,
+        messages: impl IntoIterator<Item = DispatchedMessage>,
+    ) -> anyhow::Result<usize> {
         let channel = self.connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let exchange = self.topology.send_exchange();
         let mut pending = std::collections::VecDeque::new();
         let mut count = 0;
-        for body in bodies {
-            pending.push_back(publish_persistent(&channel, &exchange, &body).await?);
+        for message in messages {
+            pending.push_back(publish_dispatched(&channel, &exchange, &message).await?);
             count += 1;
             if pending.len() >= PUBLISH_WINDOW {
                 if let Some(oldest) = pending.pop_front() {
-                    anyhow::ensure!(oldest.await?.is_ack(), "the broker refused a prefill message");
+                    ensure_routed(oldest.await?)?;
                 }
             }
         }
         for confirm in pending {
-            anyhow::ensure!(confirm.await?.is_ack(), "the broker refused a prefill message");
+            ensure_routed(confirm.await?)?;
         }
         let _ = channel.close(200, "prefilled".into()).await;
         Ok(count)
@@ -98,18 +101,34 @@ impl Scratch {
     }
 }
 
-/// Publishes one persistent JSON message to `exchange` (routing key `bench`); the returned
-/// confirm resolves once the broker holds it (the channel is in confirm mode).
-async fn publish_persistent(
+/// Publishes one [`DispatchedMessage`] to `exchange` as the dispatcher does (persistent,
+/// `mandatory`); the returned confirm resolves once the broker holds it (the channel is in confirm
+/// mode).
+async fn publish_dispatched(
     channel: &lapin::Channel,
     exchange: &str,
-    body: &[u8],
+    message: &DispatchedMessage,
 ) -> lapin::Result<lapin::PublisherConfirm> {
-    let properties =
-        BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
     channel
-        .basic_publish(exchange.into(), "bench".into(), BasicPublishOptions::default(), body, properties)
+        .basic_publish(
+            exchange.into(),
+            message.routing_key.as_str().into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            &message.body,
+            message.properties.clone(),
+        )
         .await
+}
+
+/// A confirm is only good if the broker routed the message to a queue (as the dispatcher demands):
+/// an unroutable one would be acked too, and count towards a rate without being published at all.
+fn ensure_routed(confirmation: Confirmation) -> anyhow::Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => anyhow::bail!("the broker returned a message as unroutable"),
+        Confirmation::Nack(_) => anyhow::bail!("the broker refused a message"),
+        Confirmation::NotRequested => anyhow::bail!("a publish on a channel without confirms"),
+    }
 }
 
 fn message(chat_id: i64, text: &str) -> Vec<u8> {
@@ -138,7 +157,8 @@ pub async fn pacing(amqp_url: &str, n: usize) -> anyhow::Result<String> {
     let outcome = async {
         let sandbox =
             Sandbox::start(SandboxConfig { limits: Some(SandboxLimits::telegram()), ..Default::default() }).await?;
-        scratch.prefill((0..n).map(|i| message(1_000_000 + i as i64, "bench"))).await?;
+        let messages = (0..n).map(|i| dispatched(&message(1_000_000 + i as i64, "bench")));
+        scratch.prefill(messages.collect::<anyhow::Result<Vec<_>>>()?).await?;
         let shutdown = Shutdown::new();
         let worker = Worker::build(scratch.worker_config(&sandbox, &[])?, shutdown.clone()).await?;
         let running = tokio::spawn(worker.run());
@@ -171,10 +191,10 @@ pub async fn head_of_line(amqp_url: &str, busy: usize, others: usize) -> anyhow:
     let outcome = async {
         let sandbox =
             Sandbox::start(SandboxConfig { limits: Some(SandboxLimits::telegram()), ..Default::default() }).await?;
-        let bodies = (0..busy)
-            .map(|i| message(42, &format!("busy {i}")))
-            .chain((0..others).map(|i| message(2_000_000 + i as i64, "other")));
-        scratch.prefill(bodies).await?;
+        let messages = (0..busy)
+            .map(|i| dispatched(&message(42, &format!("busy {i}"))))
+            .chain((0..others).map(|i| dispatched(&message(2_000_000 + i as i64, "other"))));
+        scratch.prefill(messages.collect::<anyhow::Result<Vec<_>>>()?).await?;
         let started = Instant::now();
         let shutdown = Shutdown::new();
         let worker = Worker::build(scratch.worker_config(&sandbox, &[])?, shutdown.clone()).await?;
@@ -261,23 +281,30 @@ fn body_of_size(chat_id: i64, size: usize) -> Vec<u8> {
     message(chat_id, &"x".repeat(size.max(1)))
 }
 
-/// The bodies of [`dispatched_message`]s to `n` distinct chats from `first_chat` on: the backlog
-/// the consumers (1b, 1c, 3) read is what the dispatcher would have published.
-fn dispatched_bodies(first_chat: i64, n: usize, size: usize) -> anyhow::Result<Vec<Vec<u8>>> {
-    (0..n).map(|i| Ok(dispatched_message(first_chat + i as i64, size)?.body)).collect()
+/// [`dispatched_message`]s to `n` distinct chats from `first_chat` on: the backlog the consumers
+/// (1b, 1c, 3) read is what the dispatcher would have published.
+fn dispatched_messages(first_chat: i64, n: usize, size: usize) -> anyhow::Result<Vec<DispatchedMessage>> {
+    (0..n).map(|i| dispatched_message(first_chat + i as i64, size)).collect()
 }
 
-/// One AMQP message exactly as the dispatcher publishes it for a request of [`body_of_size`]: the
-/// validated JSON with the id and bot it adds, routed by the bot, with the product's properties.
-struct DispatchedMessage {
+/// One AMQP message exactly as the dispatcher publishes it for one request: the validated JSON
+/// with the id and bot it adds, routed by the bot, with the product's properties (published
+/// persistent and `mandatory` by [`publish_dispatched`]).
+pub struct DispatchedMessage {
     body: Vec<u8>,
     routing_key: String,
     properties: BasicProperties,
 }
 
+/// The [`DispatchedMessage`] for a request of [`body_of_size`].
 fn dispatched_message(chat_id: i64, size: usize) -> anyhow::Result<DispatchedMessage> {
-    let request = shared::wire::SendRequest::from_json(&body_of_size(chat_id, size))
-        .context("the benchmark's own request is invalid")?;
+    dispatched(&body_of_size(chat_id, size))
+}
+
+/// The [`DispatchedMessage`] for the request `body`.
+fn dispatched(body: &[u8]) -> anyhow::Result<DispatchedMessage> {
+    let request =
+        shared::wire::SendRequest::from_json(body).context("the benchmark's own request is invalid")?;
     Ok(DispatchedMessage {
         body: request.to_json(),
         routing_key: request.bot().to_string(),
@@ -291,7 +318,8 @@ fn dispatched_message(chat_id: i64, size: usize) -> anyhow::Result<DispatchedMes
 /// last one is confirmed, so `publishers` messages are in flight.
 ///
 /// Each is the very message the dispatcher publishes for one request ([`DispatchedMessage`]: its
-/// JSON with id and bot, its properties, `mandatory`), made before the clock starts. The ceiling
+/// JSON with id and bot, its properties, persistent and `mandatory`), made before the clock and
+/// the CPU meter start. Returns the time taken and the CPU per message. The ceiling
 /// once sent the bare request with two properties: a third smaller, it cost the broker 32–33 µs a
 /// message where the dispatcher's cost it 34–36, so 2 was compared with traffic it never sends.
 ///
@@ -310,7 +338,7 @@ async fn raw_publish(
     publishers: usize,
     channels: usize,
     size: usize,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, [Option<f64>; 3])> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut confirm_channels = Vec::new();
     for _ in 0..channels.max(1) {
@@ -320,10 +348,9 @@ async fn raw_publish(
     }
     let exchange = scratch.topology.send_exchange();
     // Made before the clock starts: the ceiling's client does no more than hand them to lapin.
-    let messages =
-        (0..n).map(|i| dispatched_message(i as i64 + 1, size)).collect::<anyhow::Result<Vec<_>>>()?;
-    let messages = Arc::new(messages);
+    let messages = Arc::new(dispatched_messages(1, n, size)?);
     let next = Arc::new(AtomicUsize::new(0));
+    let meter = CpuMeter::start(None);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..publishers.max(1) {
@@ -333,16 +360,8 @@ async fn raw_publish(
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(message) = messages.get(i) else { return anyhow::Ok(()) };
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        message.routing_key.as_str().into(),
-                        BasicPublishOptions { mandatory: true, immediate: false },
-                        &message.body,
-                        message.properties.clone(),
-                    )
-                    .await?;
-                anyhow::ensure!(confirm.await?.is_ack(), "the broker refused a message");
+                let confirm = publish_dispatched(&channel, &exchange, message).await?;
+                ensure_routed(confirm.await?)?;
             }
         }));
     }
@@ -350,10 +369,11 @@ async fn raw_publish(
         task.await??;
     }
     let elapsed = started.elapsed();
+    let cpu = meter.per_message(n);
     for channel in confirm_channels {
         let _ = channel.close(200, "published".into()).await;
     }
-    Ok(elapsed)
+    Ok((elapsed, cpu))
 }
 
 /// (1b) Consumes and acks `n` prefilled messages with a plain lapin consumer, one ack each. With a
@@ -769,7 +789,7 @@ async fn worker_throughput(
     } else {
         None
     };
-    scratch.prefill(dispatched_bodies(3_000_000, options.n, options.size)?).await?;
+    scratch.prefill(dispatched_messages(3_000_000, options.n, options.size)?).await?;
     let mut worker = WorkerProcess::start(options, consumer, scratch, &sandbox, prefetch)?;
     let meter = CpuMeter::start(worker.pid());
     let mut exited = None;
@@ -1017,10 +1037,10 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     let n = options.n;
     let mut rows = Vec::new();
 
-    let meter = CpuMeter::start(None);
-    let publish = rate(n, raw_publish(scratch, n, PUBLISH_WINDOW, RAW_CHANNELS, options.size).await?);
+    let (elapsed, [broker, _, client]) =
+        raw_publish(scratch, n, PUBLISH_WINDOW, RAW_CHANNELS, options.size).await?;
+    let publish = rate(n, elapsed);
     rows.push(ceiling_row(&format!("1a raw lapin publish + confirm, {PUBLISH_WINDOW} in flight"), publish));
-    let [broker, _, client] = meter.per_message(n);
     rows.push(cpu_row("   CPU per message: broker / raw publishers", [broker, client]));
     // 1b consumes what 1a published.
     let consume = rate_between(n, raw_consume(scratch, n, options.prefetch, Duration::ZERO).await?);
@@ -1029,16 +1049,15 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
 
     if options.runs("2") {
         if options.clients != PUBLISH_WINDOW {
-            let meter = CpuMeter::start(None);
-            let matched =
-                rate(n, raw_publish(scratch, n, options.clients, RAW_CHANNELS, options.size).await?);
+            let (elapsed, [broker, _, client]) =
+                raw_publish(scratch, n, options.clients, RAW_CHANNELS, options.size).await?;
+            let matched = rate(n, elapsed);
             rows.push(rate_row(
                 &format!("1d raw publish + confirm, {} in flight", options.clients),
                 matched,
                 "msg/s",
                 Some((matched / publish, "of 1a")),
             ));
-            let [broker, _, client] = meter.per_message(n);
             rows.push(cpu_row("   CPU per message in 1d: broker / raw publishers", [broker, client]));
             purge(scratch).await?;
         }
@@ -1107,7 +1126,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     }
     if options.runs("3b") {
         let little = f64::from(options.prefetch) / 0.05;
-        scratch.prefill(dispatched_bodies(3_000_000, n, options.size)?).await?;
+        scratch.prefill(dispatched_messages(3_000_000, n, options.size)?).await?;
         let elapsed = raw_consume(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
         let held = rate_between(n, elapsed);
         rows.push(rate_row(

@@ -38,7 +38,8 @@ enum Scenario {
         /// Concurrent HTTP clients against the dispatcher (each has one request in flight). The
         /// default matches the ceiling's confirm window (1a): how many messages are in flight sets
         /// how well the broker batches, and the comparison is meant to measure the product. Any other
-        /// number adds 1d: raw publish with that many in flight.
+        /// number adds 1d: raw publish with that many in flight. Each client is a socket: mind the
+        /// open-file limit (`ulimit -n`).
         #[arg(long, default_value_t = tests::bench::PUBLISH_WINDOW as u32,
             value_parser = clap::value_parser!(u32).range(1..=10_000))]
         clients: u32,
