@@ -73,8 +73,8 @@ impl Application {
             tokio::spawn(shared::watchdog::run(self.config.stall_warn, stalls, watchdog_stop.clone()));
         let upkeep = tokio::spawn(shared::metrics::run_upkeep(watchdog_stop.clone()));
         let graceful = shutdown.clone();
-        // Every answer is one write; without TCP_NODELAY it can wait for the client's ACK of the
-        // previous one (Nagle), which keep-alive clients only send with their next request.
+        // An answer that spans several segments (a batch's 207, say) could otherwise hold its last
+        // one until the client acknowledges the ones before (Nagle), and clients may delay that ACK.
         let listener = self.listener.tap_io(|stream| {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");

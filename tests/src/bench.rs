@@ -28,7 +28,7 @@ pub const PUBLISH_WINDOW: usize = 500;
 
 /// Confirm channels of the raw publishers (1a, 1d): as many as the dispatcher keeps. The broker
 /// runs each channel as a process of its own, so one channel caps the ceiling (18–20 k/s against
-/// 21–24 k/s with 2 or 4 here); 8 or 16 were no faster.
+/// 21–24 k/s with 2 or 4 on session 5's machine); 8 or 16 were no faster.
 const RAW_CHANNELS: usize = 4;
 
 /// A unique prefix and a declared topology, deleted by [`Scratch::cleanup`].
@@ -54,10 +54,7 @@ impl Scratch {
     /// Publishes `messages` to the send exchange with confirms, pipelined: up to
     /// [`PUBLISH_WINDOW`] unconfirmed at any time (a sliding window; waiting for a whole window to
     /// drain before the next stalls the pipe and measured ~15 % slower).
-    pub async fn prefill(
-        &self,
-        messages: impl IntoIterator<Item = DispatchedMessage>,
-    ) -> anyhow::Result<usize> {
+    async fn prefill(&self, messages: impl IntoIterator<Item = DispatchedMessage>) -> anyhow::Result<usize> {
         let channel = self.connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let exchange = self.topology.send_exchange();
@@ -290,7 +287,7 @@ fn dispatched_messages(first_chat: i64, n: usize, size: usize) -> anyhow::Result
 /// One AMQP message exactly as the dispatcher publishes it for one request: the validated JSON
 /// with the id and bot it adds, routed by the bot, with the product's properties (published
 /// persistent and `mandatory` by [`publish_dispatched`]).
-pub struct DispatchedMessage {
+struct DispatchedMessage {
     body: Vec<u8>,
     routing_key: String,
     properties: BasicProperties,
@@ -325,7 +322,7 @@ fn dispatched(body: &[u8]) -> anyhow::Result<DispatchedMessage> {
 ///
 /// (1a, the ceiling) With [`PUBLISH_WINDOW`] tasks. One task keeping a sliding window of as many
 /// unconfirmed publishes on one channel (as [`Scratch::prefill`] does, and as 1a did before) reached
-/// 14–17 k/s where this reaches 21–24 k/s: each `basic_publish` waits for lapin's I/O thread to take
+/// 14–17 k/s where this reached 21–24 k/s on session 5's machine: each `basic_publish` waits for lapin's I/O thread to take
 /// the frame before the next can start, so a lone task is bound by that hand-off, not the broker.
 ///
 /// (1d) With as many tasks as ingress clients, when that differs: the broker's own rate at the
@@ -449,8 +446,11 @@ async fn dispatcher_ingress(scratch: &Scratch, options: &PerfOptions) -> anyhow:
     // of the measured time on a fast machine.
     let mut streams = Vec::with_capacity(clients.max(1));
     for _ in 0..clients.max(1) {
-        let stream = tokio::net::TcpStream::connect(dispatcher.addr)
+        // A full accept backlog would leave a connect waiting on the kernel's SYN retries.
+        let connecting = tokio::net::TcpStream::connect(dispatcher.addr);
+        let stream = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
+            .with_context(|| format!("the dispatcher at {} did not accept within 10 s", dispatcher.addr))?
             .with_context(|| format!("failed to connect to the dispatcher at {}", dispatcher.addr))?;
         stream.set_nodelay(true)?;
         streams.push(stream);
