@@ -387,6 +387,15 @@ impl Session {
             .basic_qos(inner.config.prefetch, BasicQosOptions::default())
             .await
             .context("failed to set the prefetch")?;
+        // The publisher (delivery events, parking, dead letters) connects before the first
+        // delivery, not on the first publish: a whole prefetch of deliveries arrives at once, and
+        // their publishes would otherwise all wait behind that connect and then go out together
+        // (measured at prefetch 1000: peak RSS 57–72 MiB that way, 32–33 MiB this way). A failure
+        // is only logged: each publish tries again, and a delivery whose parking or dead letter
+        // cannot be published goes back to the queue.
+        if let Err(error) = inner.publisher.ensure_connected().await {
+            tracing::warn!(%error, "the publish connection is not up yet; consuming anyway");
+        }
         let mut consumer = channel
             .basic_consume(
                 inner.topology.send_queue().into(),
