@@ -394,7 +394,7 @@ impl Session {
         // is only logged: each publish tries again, and a delivery whose parking or dead letter
         // cannot be published goes back to the queue.
         if let Err(error) = inner.publisher.ensure_connected().await {
-            tracing::warn!(%error, "the publish connection is not up yet; consuming anyway");
+            tracing::warn!(%error, "the publish connection is not usable yet; consuming anyway");
         }
         let mut consumer = channel
             .basic_consume(
