@@ -198,6 +198,11 @@ impl Publisher {
         Ok(())
     }
 
+    /// Whether a usable connection is open now. Never connects (the worker's `/readyz` reports it).
+    pub fn is_connected(&self) -> bool {
+        self.usable_link().is_some()
+    }
+
     /// Publishes one message persistently, and returns only once the broker has
     /// confirmed it. Every error means the broker may not hold the message.
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {

@@ -1,6 +1,7 @@
 //! The worker's admin HTTP server (`WORKER_ADMIN_LISTEN`, default 127.0.0.1:9090): `/healthz`
-//! (the process is alive), `/readyz` (consuming, and Telegram accepts every bot's token) and
-//! `/metrics` (Prometheus text). It never touches deliveries.
+//! (the process is alive), `/readyz` (consuming, and Telegram accepts every bot's token; the body
+//! also says whether the publish connection is up) and `/metrics` (Prometheus text). It never
+//! touches deliveries.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,6 +48,9 @@ async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "consuming": consuming,
+        // Informational, not part of readiness: events, parking and dead letters retry their own
+        // connects, and a delivery that cannot be parked or dead-lettered goes back to the queue.
+        "publishing": inner.publisher.is_connected(),
         "bots": bots,
         "instance": inner.config.instance,
     });

@@ -392,8 +392,12 @@ impl Session {
         // their publishes would otherwise all wait behind that connect and then go out together
         // (measured at prefetch 1000: peak RSS 57–72 MiB that way, 32–33 MiB this way). A failure
         // is only logged: each publish tries again, and a delivery whose parking or dead letter
-        // cannot be published goes back to the queue.
-        if let Err(error) = inner.publisher.ensure_connected().await {
+        // cannot be published goes back to the queue. A signal does not wait for the connect.
+        let publisher_up = tokio::select! {
+            _ = inner.shutdown.requested() => Ok(()),
+            connected = inner.publisher.ensure_connected() => connected,
+        };
+        if let Err(error) = publisher_up {
             tracing::warn!(%error, "the publish connection is not usable yet; consuming anyway");
         }
         let mut consumer = channel

@@ -250,8 +250,16 @@ async fn the_admin_port_serves_health_readiness_and_metrics() {
         }
     };
     assert_eq!(get("/healthz").await.0, 200);
-    eventually("ready once consuming", DEADLINE, || async { (get("/readyz").await.0 == 200).then_some(()) })
-        .await;
+    let ready = eventually("ready once consuming", DEADLINE, || async {
+        let (status, body) = get("/readyz").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    // Nothing has been published yet: the publish connection is up because the worker opens it
+    // before it consumes, not on the first publish (a prefetch of publishes piling up behind
+    // that connect had doubled the worker's peak RSS).
+    let ready: serde_json::Value = serde_json::from_str(&ready).expect("readyz answers JSON");
+    assert_eq!(ready["publishing"], true, "{ready}");
     // A refused token makes the worker not ready.
     send(&env, "refused", json!({"chat_id": 1, "text": "x"})).await;
     let (status, body) = eventually("not ready", DEADLINE, || async {
