@@ -198,9 +198,11 @@ impl Publisher {
         Ok(())
     }
 
-    /// Whether a usable connection is open now. Never connects (the worker's `/readyz` reports it).
+    /// Whether a usable connection is open now, not blocked by a resource alarm, as
+    /// [`Publisher::ensure_connected`] would find it. Never connects (the worker's `/readyz`
+    /// reports it).
     pub fn is_connected(&self) -> bool {
-        self.usable_link().is_some()
+        self.usable_link().is_some_and(|link| !link.connection.status().blocked())
     }
 
     /// Publishes one message persistently, and returns only once the broker has
