@@ -322,8 +322,9 @@ fn dispatched(body: &[u8]) -> anyhow::Result<DispatchedMessage> {
 ///
 /// (1a, the ceiling) With [`PUBLISH_WINDOW`] tasks. One task keeping a sliding window of as many
 /// unconfirmed publishes on one channel (as [`Scratch::prefill`] does, and as 1a did before) reached
-/// 14–17 k/s where this reached 21–24 k/s on session 5's machine: each `basic_publish` waits for lapin's I/O thread to take
-/// the frame before the next can start, so a lone task is bound by that hand-off, not the broker.
+/// 14–17 k/s where this reached 21–24 k/s on session 5's machine: each `basic_publish` waits for
+/// lapin's I/O thread to take the frame before the next can start, so a lone task is bound by that
+/// hand-off, not the broker.
 ///
 /// (1d) With as many tasks as ingress clients, when that differs: the broker's own rate at the
 /// concurrency the dispatcher gets from its HTTP clients (each waits for its 202, which waits for
