@@ -456,12 +456,15 @@ async fn dispatcher_ingress(scratch: &Scratch, options: &PerfOptions) -> anyhow:
         stream.set_nodelay(true)?;
         streams.push(stream);
     }
+    // Made before the clock starts, as 1a's messages are: the load generator only writes them.
+    let requests: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..n).map(|i| post_request(dispatcher.addr, &body_of_size(i as i64 + 1, size))).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let meter = CpuMeter::start(dispatcher.child.id());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for stream in streams {
-        tasks.push(tokio::spawn(post_until_done(stream, dispatcher.addr, Arc::clone(&next), n, size)));
+        tasks.push(tokio::spawn(post_until_done(stream, Arc::clone(&requests), Arc::clone(&next))));
     }
     let mut latencies = Vec::with_capacity(n);
     for task in tasks {
@@ -474,45 +477,42 @@ async fn dispatcher_ingress(scratch: &Scratch, options: &PerfOptions) -> anyhow:
     Ok(Ingress { elapsed, latencies, cpu })
 }
 
+/// The bytes of one `POST /v1/messages` carrying `body`, keep-alive (HTTP/1.1's default).
+fn post_request(addr: std::net::SocketAddr, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
 /// One load-generating client of (2): a single keep-alive HTTP/1.1 connection, already open, that
-/// POSTs request number `next` until `n` have been taken, and returns each request's latency.
+/// sends request number `next` of `requests` until all have been taken, and returns each request's
+/// latency.
 ///
 /// Lean on purpose, like `wrk`: on two shared cores every microsecond the load generator spends is
 /// taken from the dispatcher and the broker it measures. With reqwest it cost about as much CPU per
 /// request as the dispatcher itself (~50 µs), with a hyper client connection ~24 µs; this writes
-/// the request bytes itself and reads the answer with `httparse`.
+/// request bytes made before the clock and reads the answer with `httparse`.
 async fn post_until_done(
     mut stream: tokio::net::TcpStream,
-    addr: std::net::SocketAddr,
+    requests: Arc<Vec<Vec<u8>>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
-    n: usize,
-    size: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     use tokio::io::AsyncWriteExt;
     let mut latencies = Vec::new();
-    let mut request = Vec::with_capacity(256 + size);
     let mut received = Vec::with_capacity(4096);
     loop {
         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if i >= n {
-            return Ok(latencies);
-        }
-        let body = body_of_size(i as i64 + 1, size);
-        request.clear();
-        request.extend_from_slice(
-            format!(
-                "POST /v1/messages HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        request.extend_from_slice(&body);
+        let Some(request) = requests.get(i) else { return Ok(latencies) };
         let sent = Instant::now();
         // The dispatcher answers within its publish timeout (503 at worst); a silent one must not
         // hang the benchmark.
         let exchange = async {
-            stream.write_all(&request).await?;
+            stream.write_all(request).await?;
             read_response(&mut stream, &mut received).await
         };
         let status = tokio::time::timeout(Duration::from_secs(60), exchange)
