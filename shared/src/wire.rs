@@ -7,6 +7,8 @@
 //! every error carries the dotted path of the field at fault. `params` keep Telegram's own names and
 //! are forwarded to Telegram as they are: the worker never re-types them.
 
+use std::fmt;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -151,20 +153,35 @@ impl WireError {
         Self { code, message: message.into(), field: field.map(str::to_string) }
     }
 
-    fn missing(field: &str) -> Self {
-        Self::new(WireErrorCode::MissingField, Some(field), "is required")
+    /// An error at `field`, whose path is only written out here, when there is an error.
+    fn at(code: WireErrorCode, field: &(impl fmt::Display + ?Sized), message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), field: Some(field.to_string()) }
     }
 
-    fn unknown(field: &str, allowed: &str) -> Self {
-        Self::new(WireErrorCode::UnknownField, Some(field), format!("is not a known field; {allowed}"))
+    fn missing(field: &(impl fmt::Display + ?Sized)) -> Self {
+        Self::at(WireErrorCode::MissingField, field, "is required")
     }
 
-    fn wrong_type(field: &str, expected: &str) -> Self {
-        Self::new(WireErrorCode::InvalidType, Some(field), format!("must be {expected}"))
+    fn unknown(field: &(impl fmt::Display + ?Sized), allowed: &str) -> Self {
+        Self::at(WireErrorCode::UnknownField, field, format!("is not a known field; {allowed}"))
     }
 
-    fn bad_value(field: &str, message: impl Into<String>) -> Self {
-        Self::new(WireErrorCode::InvalidValue, Some(field), message)
+    fn wrong_type(field: &(impl fmt::Display + ?Sized), expected: &str) -> Self {
+        Self::at(WireErrorCode::InvalidType, field, format!("must be {expected}"))
+    }
+
+    fn bad_value(field: &(impl fmt::Display + ?Sized), message: impl Into<String>) -> Self {
+        Self::at(WireErrorCode::InvalidValue, field, message)
+    }
+}
+
+/// The path of one parameter (`params.text`), written out only for an error: a valid request
+/// would otherwise format one for every parameter it carries.
+struct ParamField<'a>(&'a str);
+
+impl fmt::Display for ParamField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "params.{}", self.0)
     }
 }
 
@@ -363,7 +380,7 @@ fn validate_params(
         let mut allowed: Vec<&str> = COMMON_PARAMS.to_vec();
         allowed.extend(method.specific_params());
         return Err(WireError::unknown(
-            &format!("params.{unknown}"),
+            &ParamField(unknown),
             &format!("{method} accepts: {}", allowed.join(", ")),
         ));
     }
@@ -372,7 +389,7 @@ fn validate_params(
         Some(value) => parse_chat_id(value)?,
     };
     for (name, value) in &params {
-        let field = format!("params.{name}");
+        let field = ParamField(name);
         match name.as_str() {
             "chat_id" => {}
             "text" => check_text(&field, value, 1, MAX_TEXT_CHARS)?,
@@ -409,7 +426,7 @@ fn validate_params(
         Method::SendDocument => "document",
     };
     if !params.contains_key(required) {
-        return Err(WireError::missing(&format!("params.{required}")));
+        return Err(WireError::missing(&ParamField(required)));
     }
     Ok((params, chat_id))
 }
@@ -441,7 +458,7 @@ fn parse_chat_id(value: &Value) -> Result<ChatId, WireError> {
     }
 }
 
-fn check_text(field: &str, value: &Value, min: usize, max: usize) -> Result<(), WireError> {
+fn check_text(field: &ParamField<'_>, value: &Value, min: usize, max: usize) -> Result<(), WireError> {
     let Value::String(text) = value else {
         return Err(WireError::wrong_type(field, "a string"));
     };
@@ -458,7 +475,7 @@ fn check_text(field: &str, value: &Value, min: usize, max: usize) -> Result<(), 
     Ok(())
 }
 
-fn check_reply_markup(field: &str, value: &Value) -> Result<(), WireError> {
+fn check_reply_markup(field: &ParamField<'_>, value: &Value) -> Result<(), WireError> {
     const KINDS: [&str; 4] = ["inline_keyboard", "keyboard", "remove_keyboard", "force_reply"];
     let Value::Object(markup) = value else {
         return Err(WireError::wrong_type(field, "an object (Telegram's reply markup JSON)"));
@@ -470,7 +487,7 @@ fn check_reply_markup(field: &str, value: &Value) -> Result<(), WireError> {
 }
 
 /// A photo or document: an `https://` URL Telegram will fetch, or the file_id of a file it has.
-fn check_file(field: &str, value: &Value) -> Result<(), WireError> {
+fn check_file(field: &ParamField<'_>, value: &Value) -> Result<(), WireError> {
     let Value::String(file) = value else {
         return Err(WireError::wrong_type(field, "a string (an https URL or a Telegram file_id)"));
     };
