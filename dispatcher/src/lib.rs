@@ -80,8 +80,10 @@ impl Application {
                 tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
             }
         });
-        let server = axum::serve(listener, http::router(self.state))
-            .with_graceful_shutdown(async move { graceful.requested().await });
+        let service =
+            axum::ServiceExt::<axum::extract::Request>::into_make_service(http::HttpService::new(self.state));
+        let server =
+            axum::serve(listener, service).with_graceful_shutdown(async move { graceful.requested().await });
         let timeout = self.config.shutdown_timeout;
         let outcome = tokio::select! {
             result = server => result.context("HTTP server failed"),

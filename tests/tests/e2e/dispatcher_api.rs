@@ -83,6 +83,34 @@ async fn a_body_over_the_limit_gets_413() {
 }
 
 #[tokio::test]
+async fn the_send_route_is_framed_and_routed_like_the_rest_of_the_api() {
+    // POST /v1/messages is served beside the router (`http::HttpService`), every other request
+    // through it: the answers must not tell the two ways apart.
+    let env = TestEnv::new().await;
+    let dispatcher = env.spawn_dispatcher(&[]).await;
+    let response =
+        dispatcher.http.post(dispatcher.url("/v1/messages")).json(&message(1, "x")).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    let answer = response.bytes().await.unwrap();
+    assert_eq!(length, answer.len());
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert!(answer["id"].as_str().is_some_and(|id| !id.is_empty()), "{answer}");
+    assert_eq!(dispatcher.get("/v1/messages").await, 405, "other methods still get the router's answer");
+    assert_eq!(dispatcher.get("/v1/messages/").await, 404);
+    let response = dispatcher
+        .http
+        .post(dispatcher.url("/v1/messages?source=query"))
+        .json(&message(2, "y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "a query string does not change the route");
+    assert_eq!(env.depth(&env.topology.send_queue()).await, 2);
+}
+
+#[tokio::test]
 async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
     let env = TestEnv::new().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
