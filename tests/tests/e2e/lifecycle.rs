@@ -58,6 +58,32 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// The worker turns transparent huge pages off for itself (its `main.rs`): with them, mimalloc's
+/// regions count whole 2 MiB pages in RSS on kernels whose mode is `always`.
+#[tokio::test]
+async fn the_worker_process_runs_without_transparent_huge_pages() {
+    let env = TestEnv::new().await;
+    let worker = start_worker_process(&env, &[]);
+    let pid = worker.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    // Recent kernels show it (0: off for this process); where they do not, there is nothing to check.
+    if status.lines().any(|line| line.starts_with("THP_enabled:")) {
+        eventually("THP_enabled: 0", DEADLINE, || async {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status.lines().any(|line| line.split_whitespace().eq(["THP_enabled:", "0"])).then_some(())
+        })
+        .await;
+    }
+    signal(&worker, "TERM");
+    let output = tokio::time::timeout(Duration::from_secs(15), worker.wait_with_output())
+        .await
+        .expect("exits within the shutdown timeout")
+        .expect("exit status");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}\n{logs}", output.status);
+    assert!(!logs.contains("transparent huge pages"), "the opt-out did not fail: {logs}");
+}
+
 #[tokio::test]
 async fn sigterm_with_hundreds_in_flight_finishes_them_exits_0_and_loses_nothing() {
     let env =
