@@ -58,6 +58,16 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// Sends SIGTERM and waits up to 15 s for the process to exit: its exit status and its log.
+async fn terminate(worker: Child) -> (std::process::ExitStatus, String) {
+    signal(&worker, "TERM");
+    let output = tokio::time::timeout(Duration::from_secs(15), worker.wait_with_output())
+        .await
+        .expect("exits within the shutdown timeout")
+        .expect("exit status");
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 /// The worker turns transparent huge pages off for itself (its `main.rs`): with them, mimalloc's
 /// regions count whole 2 MiB pages in RSS on kernels whose mode is `always`.
 #[tokio::test]
@@ -74,13 +84,8 @@ async fn the_worker_process_runs_without_transparent_huge_pages() {
         })
         .await;
     }
-    signal(&worker, "TERM");
-    let output = tokio::time::timeout(Duration::from_secs(15), worker.wait_with_output())
-        .await
-        .expect("exits within the shutdown timeout")
-        .expect("exit status");
-    let logs = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{:?}\n{logs}", output.status);
+    let (status, logs) = terminate(worker).await;
+    assert!(status.success(), "{status:?}\n{logs}");
     assert!(!logs.contains("transparent huge pages"), "the opt-out did not fail: {logs}");
 }
 
@@ -94,13 +99,8 @@ async fn sigterm_with_hundreds_in_flight_finishes_them_exits_0_and_loses_nothing
     // Hundreds in flight: the sandbox has started answering, slowly.
     eventually("sends under way", DEADLINE, || async { (env.sandbox.request_count() >= 150).then_some(()) })
         .await;
-    signal(&worker, "TERM");
-    let output = tokio::time::timeout(Duration::from_secs(15), worker.wait_with_output())
-        .await
-        .expect("exits within the shutdown timeout")
-        .expect("exit status");
-    let logs = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "exit 0 after a clean drain: {:?}\n{logs}", output.status);
+    let (status, logs) = terminate(worker).await;
+    assert!(status.success(), "exit 0 after a clean drain: {status:?}\n{logs}");
     assert!(logs.contains("worker stopped"), "a one-line summary: {logs}");
     assert!(!logs.contains(crate::helpers::TOKEN), "the token never appears in logs");
 
