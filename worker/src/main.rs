@@ -14,7 +14,7 @@ use worker::{Worker, WorkerConfig};
 
 /// mimalloc rather than glibc's malloc, as in the dispatcher: glibc's malloc and free were about a
 /// fifth of the worker's CPU samples per delivery (`perf`, BENCHMARKS.md), and mimalloc took its
-/// CPU per delivery from 30–32 to 25–26 µs. It was once left out for its peak RSS (71 / 99 MiB at
+/// CPU per delivery from 30–31 to 26 µs. It was once left out for its peak RSS (71 / 99 MiB at
 /// prefetch 256 / 1000): transparent huge pages, each counted whole in RSS once touched. Without
 /// them (see [`disable_transparent_huge_pages`]) it peaks at 32 / 39–40 MiB; the budget is 64 MB.
 #[global_allocator]
@@ -63,14 +63,17 @@ fn main() -> ExitCode {
 /// Turns transparent huge pages off for this process, first thing, before the runtime and the
 /// prefetched deliveries allocate. mimalloc is built not to ask for them (`no_thp` in the
 /// workspace `Cargo.toml`), but where the kernel's mode is `always`
-/// (`/sys/kernel/mm/transparent_hugepage/enabled`, Debian's default) the kernel backs its regions
-/// with them anyway: 65 / 73 MiB peak RSS at prefetch 256 / 1000 instead of 32 / 40 (BENCHMARKS.md).
+/// (`/sys/kernel/mm/transparent_hugepage/enabled`, the default of many kernels) the kernel backs its
+/// regions with them anyway: 65 / 73 MiB peak RSS at prefetch 256 / 1000 instead of 36 / 41
+/// (BENCHMARKS.md).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn disable_transparent_huge_pages() -> std::io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE takes integers only and sets a flag of this process (inherited by
-    // children, which the worker has none of); no memory is passed.
-    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    // children, which the worker has none of); no memory is passed. `prctl` is variadic and reads
+    // its arguments as unsigned longs, so they are passed as such.
+    let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) };
     if result == 0 {
         Ok(())
     } else {

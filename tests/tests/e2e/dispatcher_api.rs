@@ -106,7 +106,7 @@ async fn the_send_route_is_framed_and_routed_like_the_rest_of_the_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202, "a query string does not change the route");
+    assert_eq!(response.status(), 202, "a query string is ignored");
     assert_eq!(env.depth(&env.topology.send_queue()).await, 2);
 }
 
