@@ -16,7 +16,7 @@ use worker::{Worker, WorkerConfig};
 /// fifth of the worker's CPU samples per delivery (`perf`, BENCHMARKS.md), and mimalloc took its
 /// CPU per delivery from 30–31 to 26 µs. It was once left out for its peak RSS (71 / 99 MiB at
 /// prefetch 256 / 1000): transparent huge pages, each counted whole in RSS once touched. Without
-/// them (see [`disable_transparent_huge_pages`]) it peaks at 32 / 39–40 MiB; the budget is 64 MB.
+/// them (see [`disable_transparent_huge_pages`]) it peaks at 30–32 / 36–40 MiB; the budget is 64 MB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
