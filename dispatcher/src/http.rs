@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::future::join_all;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use shared::amqp::{PublishError, Publisher};
 use shared::config::Secret;
@@ -276,11 +277,11 @@ async fn send_one(State(state): State<AppState>, body: Body) -> Result<Response,
     accept(&state, body).await
 }
 
-/// Validates one send request, publishes it and answers 202 once the broker confirmed it.
+/// Validates one send request, publishes it as it came and answers 202 once the broker confirmed it.
 async fn accept(state: &AppState, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body, MAX_SINGLE_BODY_BYTES).await?;
     let request = SendRequest::from_json(&body).map_err(ApiError::BadRequest)?;
-    state.publisher.publish_request(&request, APP_ID).await?;
+    state.publisher.publish_document(&request, &body, APP_ID).await?;
     tracing::debug!(id = request.id(), bot = request.bot(), chat = %request.chat_id(), "accepted");
     Ok((StatusCode::ACCEPTED, Json(Accepted { id: request.id() })).into_response())
 }
@@ -297,11 +298,7 @@ struct Accepted<'a> {
 /// every item was accepted, 207 otherwise.
 async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body, MAX_BATCH_BODY_BYTES).await?;
-    let items: Vec<Value> = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Array(items)) => items,
-        Ok(_) => return Err(batch_error("must be a JSON array of send requests")),
-        Err(e) => return Err(batch_error(&format!("the body is not valid JSON: {e}"))),
-    };
+    let items = batch_items(&body)?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         return Err(batch_error(&format!(
             "holds {} requests; a batch holds 1 to {MAX_BATCH_ITEMS}",
@@ -310,14 +307,15 @@ async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Respons
     }
     let publisher = &state.publisher;
     let results = join_all(items.into_iter().enumerate().map(|(index, item)| async move {
-        let request = match SendRequest::from_value(item) {
+        let document = item.get().as_bytes();
+        let request = match SendRequest::from_json(document) {
             Ok(request) => request,
             Err(e) => {
                 return json!({"index": index, "status": 400,
                     "error": {"code": e.code, "message": e.message, "field": e.field}})
             }
         };
-        match publisher.publish_request(&request, APP_ID).await {
+        match publisher.publish_document(&request, document, APP_ID).await {
             Ok(()) => json!({"index": index, "status": 202, "id": request.id()}),
             Err(error) => {
                 let error = ApiError::Unavailable(error);
@@ -330,6 +328,17 @@ async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Respons
     let status = if accepted == results.len() { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
     let body = json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results});
     Ok((status, Json(body)).into_response())
+}
+
+/// The items of a batch, each as its own JSON text, so that each is published as it came (as a
+/// single request is).
+fn batch_items(body: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    let invalid = |e: serde_json::Error| batch_error(&format!("the body is not valid JSON: {e}"));
+    let document: &RawValue = serde_json::from_slice(body).map_err(invalid)?;
+    if !document.get().starts_with('[') {
+        return Err(batch_error("must be a JSON array of send requests"));
+    }
+    serde_json::from_str(document.get()).map_err(invalid)
 }
 
 fn batch_error(message: &str) -> ApiError {

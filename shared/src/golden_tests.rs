@@ -1,5 +1,5 @@
 //! Golden-JSON tests of the wire format: `testdata/golden/valid.json` pairs an input with the exact
-//! canonical document published to the queue; `invalid.json` pairs an input with the error code and
+//! canonical document the CLI and the worker's republishing put on the queue; `invalid.json` pairs an input with the error code and
 //! field. Every case is also checked against the JSON Schema in `schema/`, so the schema that
 //! non-Rust producers validate with cannot drift from the Rust validator.
 

@@ -12,6 +12,7 @@ async fn a_request_posted_over_http_reaches_the_chat_with_exactly_that_text() {
     let env = TestEnv::new().await;
     let worker = env.spawn_worker().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
+    let mut events = env.tap_events().await;
 
     let text = "héllo from the e2e suite <b>bold</b>";
     let (status, body) = dispatcher
@@ -29,6 +30,8 @@ async fn a_request_posted_over_http_reaches_the_chat_with_exactly_that_text() {
     assert_eq!(received[0].text.as_deref(), Some(text));
     assert_eq!(received[0].params["parse_mode"], json!("HTML"));
     assert_eq!(received[0].bot_id, "123456");
+    // The document on the queue has no id (it goes as it came); the worker takes the message_id.
+    events.wait_for(&id, "delivered").await;
 
     let summary = worker.stop().await;
     assert_eq!(summary.delivered, 1, "{id} delivered once");

@@ -132,7 +132,57 @@ async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
     let too_many: Vec<Value> = (0..1001).map(|n| message(n + 1, "x")).collect();
     let (status, _) = dispatcher.post_json("/v1/messages/batch", &json!(too_many), None).await;
     assert_eq!(status, 400);
+    for (body, says) in
+        [(" {\"method\": \"sendMessage\"}", "must be a JSON array"), ("[oops", "not valid JSON")]
+    {
+        let response =
+            dispatcher.http.post(dispatcher.url("/v1/messages/batch")).body(body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{body} → {answer}");
+    }
     assert_eq!(env.depth(&env.topology.send_queue()).await, 52);
+}
+
+#[tokio::test]
+async fn requests_are_published_as_they_came_with_their_id_as_the_message_id() {
+    let env = TestEnv::new().await;
+    let dispatcher = env.spawn_dispatcher(&[]).await;
+    // Spacing, key order and a null are the producer's own: nothing rewrites the document.
+    let document = r#"{ "params": {"text": "as it came", "chat_id": 7, "parse_mode": null},
+        "method": "sendMessage" }"#;
+    let response = dispatcher.http.post(dispatcher.url("/v1/messages")).body(document).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let message = env.take(&env.topology.send_queue()).await.expect("queued");
+    assert_eq!(String::from_utf8_lossy(&message.delivery.data), document);
+    let message_id = message.delivery.properties.message_id().as_ref().map(|id| id.to_string());
+    assert_eq!(message_id.as_deref(), answer["id"].as_str(), "{answer}");
+    assert_eq!(message.delivery.routing_key.as_str(), "default");
+
+    // A batch's items too, each as its own message.
+    let items = [
+        r#"{"id": "batch-1", "method": "sendMessage", "params": {"chat_id": 8, "text": "one"}}"#,
+        r#"{"bot":"default","method":"sendMessage","params":{"chat_id":9,"text":"two"}}"#,
+    ];
+    let batch = format!("\n [ {},\n  {} ]", items[0], items[1]);
+    let response =
+        dispatcher.http.post(dispatcher.url("/v1/messages/batch")).body(batch).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let mut published = Vec::new();
+    while let Some(message) = env.take(&env.topology.send_queue()).await {
+        let id = message.delivery.properties.message_id().as_ref().map(|id| id.to_string());
+        published.push((String::from_utf8_lossy(&message.delivery.data).into_owned(), id));
+    }
+    published.sort();
+    let ids: Vec<Option<String>> =
+        answer["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().map(str::to_string)).collect();
+    let mut expected = vec![(items[0].to_string(), ids[0].clone()), (items[1].to_string(), ids[1].clone())];
+    expected.sort();
+    assert_eq!(published, expected, "{answer}");
+    assert_eq!(ids[0].as_deref(), Some("batch-1"));
 }
 
 #[tokio::test]
