@@ -331,14 +331,14 @@ async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Respons
 }
 
 /// The items of a batch, each as its own JSON text, so that each is published as it came (as a
-/// single request is).
+/// single request is). Splitting checks the JSON's syntax, not what only parsing finds (a number
+/// out of range, a lone surrogate escape): those fail their own item, as they would a single request.
 fn batch_items(body: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
-    let invalid = |e: serde_json::Error| batch_error(&format!("the body is not valid JSON: {e}"));
-    let document: &RawValue = serde_json::from_slice(body).map_err(invalid)?;
-    if !document.get().starts_with('[') {
-        return Err(batch_error("must be a JSON array of send requests"));
-    }
-    serde_json::from_str(document.get()).map_err(invalid)
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        // Well-formed JSON of the wrong shape: an object, a string, ...
+        serde_json::error::Category::Data => batch_error("must be a JSON array of send requests"),
+        _ => batch_error(&format!("the body is not valid JSON: {e}")),
+    })
 }
 
 fn batch_error(message: &str) -> ApiError {

@@ -1,7 +1,8 @@
 //! Golden-JSON tests of the wire format: `testdata/golden/valid.json` pairs an input with the exact
-//! canonical document the CLI and the worker's republishing put on the queue; `invalid.json` pairs an input with the error code and
-//! field. Every case is also checked against the JSON Schema in `schema/`, so the schema that
-//! non-Rust producers validate with cannot drift from the Rust validator.
+//! canonical document (`SendRequest::to_json`: what the CLI publishes and the worker parks for a
+//! retry); `invalid.json` pairs an input with the error code and field. Every case is also checked
+//! against the JSON Schema in `schema/`, so the schema that non-Rust producers validate with cannot
+//! drift from the Rust validator.
 
 use serde_json::Value;
 

@@ -325,9 +325,10 @@ impl SendRequest {
         self.params.insert("chat_id".to_string(), Value::from(new_chat_id));
     }
 
-    /// The canonical JSON of the request (id and bot filled in), as the CLI publishes it and the
-    /// worker republishes it. The dispatcher's HTTP API publishes the producer's own bytes instead
-    /// (`Publisher::publish_document`).
+    /// The canonical JSON of the request (id and bot filled in), as the CLI publishes it and as the
+    /// worker parks it for a retry or after a migration. The dispatcher's HTTP API publishes the
+    /// producer's own bytes instead (`Publisher::publish_document`), and the worker forwards those
+    /// unchanged when it parks a request for pacing or dead-letters it.
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing a map of `Value`s with string keys cannot fail.
         serde_json::to_vec(self).unwrap_or_default()

@@ -316,9 +316,10 @@ fn dispatched(body: &[u8]) -> anyhow::Result<DispatchedMessage> {
 ///
 /// Each is the very message the dispatcher publishes for one request ([`DispatchedMessage`]: the
 /// request's bytes, its properties, persistent and `mandatory`), made before the clock and
-/// the CPU meter start. Returns the time taken and the CPU per message. The ceiling
-/// once sent the bare request with two properties: a third smaller, it cost the broker 32–33 µs a
-/// message where the dispatcher's cost it 34–36, so 2 was compared with traffic it never sends.
+/// the CPU meter start. Returns the time taken and the CPU per message. Until session 6 the
+/// ceiling sent the bare request with two properties while the dispatcher published a canonical
+/// copy a third larger with all of them: the broker's 32–33 µs a message against 34–36, so 2 was
+/// compared with traffic it never sent.
 ///
 /// (1a, the ceiling) With [`PUBLISH_WINDOW`] tasks. One task keeping a sliding window of as many
 /// unconfirmed publishes on one channel (as [`Scratch::prefill`] does, and as 1a did before) reached

@@ -132,6 +132,17 @@ async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
     let too_many: Vec<Value> = (0..1001).map(|n| message(n + 1, "x")).collect();
     let (status, _) = dispatcher.post_json("/v1/messages/batch", &json!(too_many), None).await;
     assert_eq!(status, 400);
+    // Only parsing finds a number out of range: that item fails on its own, as a single request would.
+    let body = format!(
+        r#"[{}, {{"method": "sendMessage", "params": {{"chat_id": 1e400, "text": "x"}}}}]"#,
+        message(4, "d")
+    );
+    let response =
+        dispatcher.http.post(dispatcher.url("/v1/messages/batch")).body(body).send().await.unwrap();
+    assert_eq!(response.status(), 207);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["results"][0]["status"], json!(202), "{answer}");
+    assert_eq!(answer["results"][1]["error"]["code"], json!("invalid_json"), "{answer}");
     for (body, says) in
         [(" {\"method\": \"sendMessage\"}", "must be a JSON array"), ("[oops", "not valid JSON")]
     {
@@ -142,16 +153,16 @@ async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{body} → {answer}");
     }
-    assert_eq!(env.depth(&env.topology.send_queue()).await, 52);
+    assert_eq!(env.depth(&env.topology.send_queue()).await, 53);
 }
 
 #[tokio::test]
 async fn requests_are_published_as_they_came_with_their_id_as_the_message_id() {
     let env = TestEnv::new().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
-    // Spacing, key order and a null are the producer's own: nothing rewrites the document.
+    // Spacing, key order and nulls are the producer's own: nothing rewrites the document.
     let document = r#"{ "params": {"text": "as it came", "chat_id": 7, "parse_mode": null},
-        "method": "sendMessage" }"#;
+        "method": "sendMessage", "id": null }"#;
     let response = dispatcher.http.post(dispatcher.url("/v1/messages")).body(document).send().await.unwrap();
     assert_eq!(response.status(), 202);
     let answer: Value = response.json().await.unwrap();
