@@ -3,12 +3,15 @@
 //! This module answers one question in one place: is this a valid request, and exactly why not? The
 //! dispatcher uses it to reject bad input at the door (400 naming the field); the worker uses the same
 //! code to decide "dead letter" for a body some other producer published straight to the exchange.
-//! Validation walks a parsed `serde_json::Value` by hand rather than relying on serde's derive, so
-//! every error carries the dotted path of the field at fault. `params` keep Telegram's own names and
+//! Validation walks parsed `serde_json::Value`s by hand (a body's top level is read straight into
+//! its members) rather than relying on serde's derive, so every error carries the dotted path of
+//! the field at fault. `params` keep Telegram's own names and
 //! are forwarded to Telegram as they are: the worker never re-types them.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -208,10 +211,13 @@ impl SendRequest {
     /// Parses and validates a JSON body; `default_id` supplies the id when the body has none (the
     /// worker passes the AMQP `message_id` of a raw-published message, if any).
     pub fn from_json_or_id(body: &[u8], default_id: impl FnOnce() -> String) -> Result<Self, WireError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let document: Document = serde_json::from_slice(body).map_err(|e| {
             WireError::new(WireErrorCode::InvalidJson, None, format!("the body is not valid JSON: {e}"))
         })?;
-        Self::from_value_or_id(value, default_id)
+        match document.0 {
+            Some(members) => Self::from_members(members, default_id),
+            None => Err(not_an_object()),
+        }
     }
 
     /// Validates an already parsed document (one element of a batch, say).
@@ -220,17 +226,18 @@ impl SendRequest {
     }
 
     fn from_value_or_id(value: Value, default_id: impl FnOnce() -> String) -> Result<Self, WireError> {
-        let Value::Object(mut doc) = value else {
-            return Err(WireError::new(
-                WireErrorCode::InvalidType,
-                None,
-                "the request must be a JSON object",
-            ));
+        let Value::Object(doc) = value else {
+            return Err(not_an_object());
         };
-        if let Some(unknown) = doc.keys().find(|k| !TOP_LEVEL_FIELDS.contains(&k.as_str())) {
-            return Err(WireError::unknown(unknown, &format!("allowed: {}", TOP_LEVEL_FIELDS.join(", "))));
+        Self::from_members(Members::from_map(doc), default_id)
+    }
+
+    /// The one validation of a document's members, however they were read.
+    fn from_members(members: Members, default_id: impl FnOnce() -> String) -> Result<Self, WireError> {
+        if let Some(unknown) = members.unknown {
+            return Err(WireError::unknown(&unknown, &format!("allowed: {}", TOP_LEVEL_FIELDS.join(", "))));
         }
-        match take_present(&mut doc, "version") {
+        match present(members.version) {
             None => {}
             Some(Value::Number(n)) if n.as_u64() == Some(WIRE_VERSION) => {}
             Some(Value::Number(_)) => {
@@ -238,7 +245,7 @@ impl SendRequest {
             }
             Some(_) => return Err(WireError::wrong_type("version", "the integer 1")),
         }
-        let id = match take_present(&mut doc, "id") {
+        let id = match present(members.id) {
             None => default_id(),
             Some(Value::String(id)) => {
                 validate_id(&id)?;
@@ -246,7 +253,7 @@ impl SendRequest {
             }
             Some(_) => return Err(WireError::wrong_type("id", "a string")),
         };
-        let bot = match take_present(&mut doc, "bot") {
+        let bot = match present(members.bot) {
             None => DEFAULT_BOT.to_string(),
             Some(Value::String(bot)) => {
                 validate_bot_alias(&bot).map_err(|m| WireError::bad_value("bot", m))?;
@@ -254,7 +261,7 @@ impl SendRequest {
             }
             Some(_) => return Err(WireError::wrong_type("bot", "a string")),
         };
-        let method = match take_present(&mut doc, "method") {
+        let method = match present(members.method) {
             None => return Err(WireError::missing("method")),
             Some(Value::String(name)) => Method::from_name(&name).ok_or_else(|| {
                 WireError::bad_value(
@@ -264,13 +271,13 @@ impl SendRequest {
             })?,
             Some(_) => return Err(WireError::wrong_type("method", "a string")),
         };
-        let params = match take_present(&mut doc, "params") {
+        let params = match present(members.params) {
             None => return Err(WireError::missing("params")),
             Some(Value::Object(params)) => params,
             Some(_) => return Err(WireError::wrong_type("params", "an object")),
         };
         let (params, chat_id) = validate_params(method, params)?;
-        let metadata = match take_present(&mut doc, "metadata") {
+        let metadata = match present(members.metadata) {
             None => None,
             Some(Value::Object(metadata)) => {
                 let size = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(usize::MAX);
@@ -369,9 +376,143 @@ pub fn validate_bot_alias(alias: &str) -> Result<(), String> {
     }
 }
 
-/// Removes `key` and returns its value, treating JSON `null` as absent (Python's `None`).
-fn take_present(doc: &mut Map<String, Value>, key: &str) -> Option<Value> {
-    doc.remove(key).filter(|v| !v.is_null())
+/// A member's value, JSON `null` counting as absent (Python's `None`).
+fn present(member: Option<Value>) -> Option<Value> {
+    member.filter(|v| !v.is_null())
+}
+
+fn not_an_object() -> WireError {
+    WireError::new(WireErrorCode::InvalidType, None, "the request must be a JSON object")
+}
+
+/// The top-level members of a request document. A body is read straight into these rather than
+/// into a map first: building, searching and dropping that map was a fifth of the instructions
+/// `from_json` spent on a valid request (callgrind: 6.1 k → 4.9 k). Read either way, a key given
+/// twice keeps its last value, as a map does.
+#[derive(Default)]
+struct Members {
+    version: Option<Value>,
+    id: Option<Value>,
+    bot: Option<Value>,
+    method: Option<Value>,
+    params: Option<Value>,
+    metadata: Option<Value>,
+    /// The first key, in sorted order, that the format does not know (the one a map would list
+    /// first, so both ways name the same one).
+    unknown: Option<String>,
+}
+
+impl Members {
+    fn from_map(map: Map<String, Value>) -> Self {
+        let mut members = Self::default();
+        for (key, value) in map {
+            members.set(Cow::Owned(key), value);
+        }
+        members
+    }
+
+    fn set(&mut self, key: Cow<'_, str>, value: Value) {
+        let slot = match key.as_ref() {
+            "version" => &mut self.version,
+            "id" => &mut self.id,
+            "bot" => &mut self.bot,
+            "method" => &mut self.method,
+            "params" => &mut self.params,
+            "metadata" => &mut self.metadata,
+            _ => {
+                if self.unknown.as_deref().is_none_or(|first| key.as_ref() < first) {
+                    self.unknown = Some(key.into_owned());
+                }
+                return;
+            }
+        };
+        *slot = Some(value);
+    }
+}
+
+/// A JSON document as [`SendRequest::from_json_or_id`] reads it: an object's members, or `None`
+/// for anything else. Every value is still read in full (as `Value`s), so whatever makes a
+/// document invalid JSON (a number out of range, say) does so here too.
+struct Document(Option<Members>);
+
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DocumentVisitor)
+    }
+}
+
+struct DocumentVisitor;
+
+impl<'de> Visitor<'de> for DocumentVisitor {
+    type Value = Document;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON document")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
+        let mut members = Members::default();
+        while let Some(MemberKey(key)) = map.next_key()? {
+            members.set(key, map.next_value()?);
+        }
+        Ok(Document(Some(members)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Document, A::Error> {
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(Document(None))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Document, E> {
+        Ok(Document(None))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Document, E> {
+        Ok(Document(None))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Document, E> {
+        Ok(Document(None))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Document, E> {
+        Ok(Document(None))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Document, E> {
+        Ok(Document(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Document, E> {
+        Ok(Document(None))
+    }
+}
+
+/// A member's name, borrowed from the body unless it holds escapes.
+struct MemberKey<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for MemberKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = MemberKey<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<MemberKey<'de>, E> {
+                Ok(MemberKey(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<MemberKey<'de>, E> {
+                Ok(MemberKey(Cow::Owned(key.to_string())))
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 fn validate_params(
@@ -515,7 +656,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Validates `value` both ways a document arrives, as a parsed value and as JSON text, and
+    /// checks that both give the same answer (ids aside: each way draws its own).
     fn parse(value: Value) -> Result<SendRequest, WireError> {
+        let fixed_id = || "fixed".to_string();
+        let from_text = SendRequest::from_json_or_id(value.to_string().as_bytes(), fixed_id);
+        let from_value = SendRequest::from_value_or_id(value.clone(), fixed_id);
+        assert_eq!(from_text, from_value, "{value}");
         SendRequest::from_value(value)
     }
 
@@ -609,6 +756,34 @@ mod tests {
         let doc = json!({"method": "sendDocument", "params": {"chat_id": 5, "document": "https://x.org/a.pdf",
             "caption": "c".repeat(1025)}});
         assert_eq!(parse(doc).unwrap_err().field.as_deref(), Some("params.caption"));
+    }
+
+    #[test]
+    fn json_text_is_read_as_a_map_would_read_it() {
+        let text = |body: &str| SendRequest::from_json_or_id(body.as_bytes(), || "fixed".to_string());
+        let value = |body: &str| {
+            SendRequest::from_value_or_id(serde_json::from_str(body).unwrap(), || "fixed".to_string())
+        };
+        // A key given twice keeps its last value; an escaped name is still the member it spells.
+        let twice = r#"{"id": "first", "method": "sendMessage", "params": {"chat_id": 1, "text": "x"},
+            "\u0069d": "last"}"#;
+        assert_eq!(text(twice).unwrap().id(), "last");
+        assert_eq!(text(twice), value(twice));
+        let nulled =
+            r#"{"id": "first", "id": null, "method": "sendMessage", "params": {"chat_id": 1, "text": "x"}}"#;
+        assert_eq!(text(nulled).unwrap().id(), "fixed");
+        // Of two unknown keys, both ways name the one a map lists first.
+        let unknown =
+            r#"{"zeta": 1, "method": "sendMessage", "alpha": 2, "params": {"chat_id": 1, "text": "x"}}"#;
+        assert_eq!(text(unknown).unwrap_err().field.as_deref(), Some("alpha"));
+        assert_eq!(text(unknown), value(unknown));
+        // Not an object: the type is wrong, unless the JSON itself is not valid.
+        for body in ["[1, {}]", "\"text\"", "42", "-1.5", "true", "null"] {
+            assert_eq!(text(body).unwrap_err().code, WireErrorCode::InvalidType, "{body}");
+        }
+        for body in ["[1e400]", "{\"method\": 1e400}", "{} {}", ""] {
+            assert_eq!(text(body).unwrap_err().code, WireErrorCode::InvalidJson, "{body}");
+        }
     }
 
     #[test]
