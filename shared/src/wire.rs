@@ -432,7 +432,11 @@ impl Members {
 
 /// A JSON document as [`SendRequest::from_json_or_id`] reads it: an object's members, or `None`
 /// for anything else. Every value is still read in full (as `Value`s), so whatever makes a
-/// document invalid JSON (a number out of range, say) does so here too.
+/// document invalid JSON (a number out of range, say) does so here too. One difference from a
+/// `Value`, on purpose: serde_json's `raw_value` feature (which the dispatcher's batch splitting
+/// turns on) makes a `Value` unwrap an object whose first key is its private raw-value token; at
+/// the top level here that key is just an unknown member, so a body cannot hide the document
+/// inside a string.
 struct Document(Option<Members>);
 
 impl<'de> Deserialize<'de> for Document {
@@ -657,7 +661,7 @@ mod tests {
     use serde_json::json;
 
     /// Validates `value` both ways a document arrives, as a parsed value and as JSON text, and
-    /// checks that both give the same answer (ids aside: each way draws its own).
+    /// checks that both give the same answer (both draw the same fixed id when the document has none).
     fn parse(value: Value) -> Result<SendRequest, WireError> {
         let fixed_id = || "fixed".to_string();
         let from_text = SendRequest::from_json_or_id(value.to_string().as_bytes(), fixed_id);
@@ -781,9 +785,14 @@ mod tests {
         for body in ["[1, {}]", "\"text\"", "42", "-1.5", "true", "null"] {
             assert_eq!(text(body).unwrap_err().code, WireErrorCode::InvalidType, "{body}");
         }
-        for body in ["[1e400]", "{\"method\": 1e400}", "{} {}", ""] {
+        for body in ["[1e400]", "{\"method\": 1e400}", "{\"zeta\": 1e400}", "{} {}", ""] {
             assert_eq!(text(body).unwrap_err().code, WireErrorCode::InvalidJson, "{body}");
         }
+        // serde_json's private raw-value token is an unknown member, not a wrapped document.
+        let inner = r#"{\"method\": \"sendMessage\", \"params\": {\"chat_id\": 1, \"text\": \"x\"}}"#;
+        let wrapped = format!(r#"{{"$serde_json::private::RawValue": "{inner}"}}"#);
+        assert_eq!(text(&wrapped).unwrap_err().code, WireErrorCode::UnknownField);
+        assert!(value(&wrapped).is_ok(), "a Value unwraps it: the one difference, on purpose");
     }
 
     #[test]
