@@ -776,6 +776,10 @@ mod tests {
         let nulled =
             r#"{"id": "first", "id": null, "method": "sendMessage", "params": {"chat_id": 1, "text": "x"}}"#;
         assert_eq!(text(nulled).unwrap().id(), "fixed");
+        // Every member the format lists is one the reader knows.
+        let mut members = Members::default();
+        TOP_LEVEL_FIELDS.iter().for_each(|name| members.set(Cow::Borrowed(name), Value::Null));
+        assert_eq!(members.unknown, None);
         // Of two unknown keys, both ways name the one a map lists first.
         let unknown =
             r#"{"zeta": 1, "method": "sendMessage", "alpha": 2, "params": {"chat_id": 1, "text": "x"}}"#;
