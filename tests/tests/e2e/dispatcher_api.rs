@@ -42,9 +42,8 @@ async fn each_bad_input_is_refused_with_400_naming_the_field_and_nothing_is_publ
         assert_eq!(answer["error"]["field"], json!(field), "{answer}");
         assert!(answer["error"]["code"].is_string() && answer["error"]["message"].is_string());
     }
-    let response = dispatcher.http.post(dispatcher.url("/v1/messages")).body("{oops").send().await.unwrap();
-    assert_eq!(response.status(), 400);
-    let answer: Value = response.json().await.unwrap();
+    let (status, answer) = dispatcher.post_body("/v1/messages", "{oops").await;
+    assert_eq!(status, 400);
     assert_eq!(answer["error"]["code"], json!("invalid_json"));
 
     assert_eq!(env.depth(&env.topology.send_queue()).await, 0, "nothing was published");
@@ -76,9 +75,8 @@ async fn a_body_over_the_limit_gets_413() {
     let env = TestEnv::new().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
     let huge = vec![b' '; dispatcher::config::MAX_SINGLE_BODY_BYTES + 1];
-    let response = dispatcher.http.post(dispatcher.url("/v1/messages")).body(huge).send().await.unwrap();
-    assert_eq!(response.status(), 413);
-    let answer: Value = response.json().await.unwrap();
+    let (status, answer) = dispatcher.post_body("/v1/messages", huge).await;
+    assert_eq!(status, 413);
     assert_eq!(answer["error"]["code"], json!("too_large"));
 }
 
@@ -137,19 +135,15 @@ async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
         r#"[{}, {{"method": "sendMessage", "params": {{"chat_id": 1e400, "text": "x"}}}}]"#,
         message(4, "d")
     );
-    let response =
-        dispatcher.http.post(dispatcher.url("/v1/messages/batch")).body(body).send().await.unwrap();
-    assert_eq!(response.status(), 207);
-    let answer: Value = response.json().await.unwrap();
+    let (status, answer) = dispatcher.post_body("/v1/messages/batch", body).await;
+    assert_eq!(status, 207, "{answer}");
     assert_eq!(answer["results"][0]["status"], json!(202), "{answer}");
     assert_eq!(answer["results"][1]["error"]["code"], json!("invalid_json"), "{answer}");
     for (body, says) in
         [(" {\"method\": \"sendMessage\"}", "must be a JSON array"), ("[oops", "not valid JSON")]
     {
-        let response =
-            dispatcher.http.post(dispatcher.url("/v1/messages/batch")).body(body).send().await.unwrap();
-        assert_eq!(response.status(), 400, "{body}");
-        let answer: Value = response.json().await.unwrap();
+        let (status, answer) = dispatcher.post_body("/v1/messages/batch", body).await;
+        assert_eq!(status, 400, "{body}");
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{body} → {answer}");
     }
@@ -163,9 +157,8 @@ async fn requests_are_published_as_they_came_with_their_id_as_the_message_id() {
     // Spacing, key order and nulls are the producer's own: nothing rewrites the document.
     let document = r#"{ "params": {"text": "as it came", "chat_id": 7, "parse_mode": null},
         "method": "sendMessage", "id": null }"#;
-    let response = dispatcher.http.post(dispatcher.url("/v1/messages")).body(document).send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let answer: Value = response.json().await.unwrap();
+    let (status, answer) = dispatcher.post_body("/v1/messages", document).await;
+    assert_eq!(status, 202, "{answer}");
     let message = env.take(&env.topology.send_queue()).await.expect("queued");
     assert_eq!(String::from_utf8_lossy(&message.delivery.data), document);
     let message_id = message.delivery.properties.message_id().as_ref().map(|id| id.to_string());
@@ -178,10 +171,8 @@ async fn requests_are_published_as_they_came_with_their_id_as_the_message_id() {
         r#"{"bot":"default","method":"sendMessage","params":{"chat_id":9,"text":"two"}}"#,
     ];
     let batch = format!("\n [ {},\n  {} ]", items[0], items[1]);
-    let response =
-        dispatcher.http.post(dispatcher.url("/v1/messages/batch")).body(batch).send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let answer: Value = response.json().await.unwrap();
+    let (status, answer) = dispatcher.post_body("/v1/messages/batch", batch).await;
+    assert_eq!(status, 202, "{answer}");
     let mut published = Vec::new();
     while let Some(message) = env.take(&env.topology.send_queue()).await {
         let id = message.delivery.properties.message_id().as_ref().map(|id| id.to_string());

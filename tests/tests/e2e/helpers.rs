@@ -343,6 +343,17 @@ impl DispatcherHandle {
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
+        Self::answer(request).await
+    }
+
+    /// POSTs `body` byte for byte, for bodies [`Self::post_json`] cannot make (invalid JSON,
+    /// spacing and key order that must survive); the answer as `post_json` gives it.
+    pub async fn post_body(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+        Self::answer(self.http.post(self.url(path)).body(body)).await
+    }
+
+    /// The status and the JSON body (`Null` when it is not JSON) of the answer to `request`.
+    async fn answer(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
         let response = request.send().await.expect("dispatcher answers");
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(serde_json::Value::Null);
