@@ -211,8 +211,10 @@ impl SendRequest {
     /// Parses and validates a JSON body; `default_id` supplies the id when the body has none (the
     /// worker passes the AMQP `message_id` of a raw-published message, if any).
     pub fn from_json_or_id(body: &[u8], default_id: impl FnOnce() -> String) -> Result<Self, WireError> {
+        // "the request", not "the body": a batch item is parsed here on its own, and serde_json's
+        // line and column count within the text given, the item's rather than the whole batch's.
         let document: Document = serde_json::from_slice(body).map_err(|e| {
-            WireError::new(WireErrorCode::InvalidJson, None, format!("the body is not valid JSON: {e}"))
+            WireError::new(WireErrorCode::InvalidJson, None, format!("the request is not valid JSON: {e}"))
         })?;
         match document.0 {
             Some(members) => Self::from_members(members, default_id),
@@ -746,6 +748,11 @@ mod tests {
         assert_eq!(field_of(json!([1])), (InvalidType, None));
         let err = SendRequest::from_json(b"{not json").unwrap_err();
         assert_eq!((err.code, err.field), (InvalidJson, None));
+        assert!(
+            err.message.starts_with("the request is not valid JSON: key must be a string at line 1"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

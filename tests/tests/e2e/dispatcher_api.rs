@@ -132,13 +132,16 @@ async fn a_batch_is_answered_per_item_and_only_valid_items_are_published() {
     assert_eq!(status, 400);
     // Only parsing finds a number out of range: that item fails on its own, as a single request would.
     let body = format!(
-        r#"[{}, {{"method": "sendMessage", "params": {{"chat_id": 1e400, "text": "x"}}}}]"#,
+        "[{},\n {{\"method\": \"sendMessage\", \"params\": {{\"chat_id\": 1e400, \"text\": \"x\"}}}}]",
         message(4, "d")
     );
     let (status, answer) = dispatcher.post_body("/v1/messages/batch", body).await;
     assert_eq!(status, 207, "{answer}");
     assert_eq!(answer["results"][0]["status"], json!(202), "{answer}");
     assert_eq!(answer["results"][1]["error"]["code"], json!("invalid_json"), "{answer}");
+    // The position counts within the item, which begins on the body's second line.
+    let reason = answer["results"][1]["error"]["message"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("the request is not valid JSON: number out of range at line 1"), "{answer}");
     for (body, says) in
         [(" {\"method\": \"sendMessage\"}", "must be a JSON array"), ("[oops", "not valid JSON")]
     {
