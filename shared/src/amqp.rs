@@ -3,10 +3,12 @@
 //! confirmed (`Ack` without a returned message), reconnecting by itself with capped, jittered backoff.
 //!
 //! The publisher keeps a few long-lived confirm channels on one connection and pipelines many
-//! publishes on each: every publish awaits only its own confirm. (deadpool-lapin pools whole
-//! connections with exclusive checkout, which would serialize confirms; channels are meant to live
-//! long, so a fixed set is enough.) Consuming is not here: a consumer owns its own connection, kept
-//! apart from publishing so a blocked publishing connection never stalls acks.
+//! publishes on each: every publish awaits only its own confirm, and yields to the runtime once
+//! before it starts, so that publishes arriving together wake lapin's I/O thread once.
+//! (deadpool-lapin pools whole connections with exclusive checkout, which would serialize confirms;
+//! channels are meant to live long, so a fixed set is enough.) Consuming is not here: a consumer
+//! owns its own connection, kept apart from publishing so a blocked publishing connection never
+//! stalls acks.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -209,6 +211,13 @@ impl Publisher {
     /// confirmed it. Every error means the broker may not hold the message.
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
         let link = self.link().await?;
+        // Let the tasks already ready on this runtime thread run first, so that publishes from
+        // requests that arrived together reach lapin together: every `basic_publish` wakes lapin's
+        // I/O thread if it sleeps, and that thread writes what it finds queued. Publishing at once,
+        // the dispatcher woke it for every three or four messages; each wake-up preempted a runtime
+        // thread and sent the broker a small write, which costs it more per message (BENCHMARKS.md,
+        // session 11). A yield is one more poll of this task, no allocation, no timer.
+        tokio::task::yield_now().await;
         let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[index];
         let properties = message.properties.with_delivery_mode(2);
