@@ -222,7 +222,7 @@ impl SendRequest {
         }
     }
 
-    /// Validates an already parsed document (one element of a batch, say).
+    /// Validates an already parsed document (the CLI builds one from its flags or a file).
     pub fn from_value(value: Value) -> Result<Self, WireError> {
         Self::from_value_or_id(value, new_request_id)
     }
