@@ -9,6 +9,7 @@ pub mod dead;
 pub mod http;
 pub mod status;
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use axum::serve::ListenerExt as _;
 use shared::amqp::Publisher;
 use shared::shutdown::Shutdown;
 use tokio::net::TcpListener;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use config::DispatcherConfig;
 
@@ -84,9 +86,17 @@ impl Application {
             axum::ServiceExt::<axum::extract::Request>::into_make_service(http::HttpService::new(self.state));
         let server =
             axum::serve(listener, service).with_graceful_shutdown(async move { graceful.requested().await });
+        // The accept loop runs as a task of its own, on the runtime's worker threads, not in
+        // `block_on`'s future (main.rs), which tokio polls on the main thread: there each accepted
+        // connection had to wake the main thread, and its task went through the runtime's shared
+        // queue (BENCHMARKS.md, session 12). Aborted when this future drops it, as before.
+        let server = AbortOnDropHandle::new(tokio::spawn(server.into_future()));
         let timeout = self.config.shutdown_timeout;
         let outcome = tokio::select! {
-            result = server => result.context("HTTP server failed"),
+            result = server => match result {
+                Ok(served) => served.context("HTTP server failed"),
+                Err(error) => Err(anyhow::anyhow!("the HTTP server task failed: {error}")),
+            },
             _ = async {
                 shutdown.requested().await;
                 tokio::select! {
