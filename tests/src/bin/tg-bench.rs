@@ -93,36 +93,11 @@ fn main() -> ExitCode {
     };
     #[allow(clippy::disallowed_methods)]
     let result = runtime.block_on(async {
-        match cli.scenario {
-            Scenario::Pacing { n } => tests::bench::pacing(&cli.amqp_url, n).await,
-            Scenario::BareLoop => tests::bench::bare_loop(&cli.amqp_url).await.map(|()| String::new()),
-            Scenario::HeadOfLine { busy, others } => {
-                tests::bench::head_of_line(&cli.amqp_url, busy, others).await
-            }
-            Scenario::Perf { n, clients, prefetch, size, light_secs, worker, dispatcher, only, rounds } => {
-                let worker_binary = match worker {
-                    Some(path) => path,
-                    None => std::env::current_exe()?.with_file_name("tg-worker"),
-                };
-                let dispatcher_binary = match dispatcher {
-                    Some(path) => path,
-                    None => std::env::current_exe()?.with_file_name("tg-dispatcher"),
-                };
-                let options = tests::bench::PerfOptions {
-                    n: n as usize,
-                    clients: clients as usize,
-                    prefetch,
-                    size: size as usize,
-                    worker_binary,
-                    dispatcher_binary,
-                    bench_binary: std::env::current_exe()?,
-                    light_secs,
-                    only,
-                    rounds: usize::from(rounds),
-                };
-                tests::bench::perf(&cli.amqp_url, &options).await
-            }
-        }
+        // On the runtime's worker threads, as the worker's consume loop and the dispatcher's accept
+        // loop run: the raw consumer (1b, 1c) and the bare loop would otherwise run in this
+        // future, which tokio polls on the main thread, outside its worker pool.
+        let scenario = tokio::spawn(run(cli));
+        scenario.await.map_err(|error| anyhow::anyhow!("the benchmark task failed: {error}"))?
     });
     match result {
         Ok(table) => {
@@ -132,6 +107,39 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("tg-bench: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    match cli.scenario {
+        Scenario::Pacing { n } => tests::bench::pacing(&cli.amqp_url, n).await,
+        Scenario::BareLoop => tests::bench::bare_loop(&cli.amqp_url).await.map(|()| String::new()),
+        Scenario::HeadOfLine { busy, others } => {
+            tests::bench::head_of_line(&cli.amqp_url, busy, others).await
+        }
+        Scenario::Perf { n, clients, prefetch, size, light_secs, worker, dispatcher, only, rounds } => {
+            let worker_binary = match worker {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("tg-worker"),
+            };
+            let dispatcher_binary = match dispatcher {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("tg-dispatcher"),
+            };
+            let options = tests::bench::PerfOptions {
+                n: n as usize,
+                clients: clients as usize,
+                prefetch,
+                size: size as usize,
+                worker_binary,
+                dispatcher_binary,
+                bench_binary: std::env::current_exe()?,
+                light_secs,
+                only,
+                rounds: usize::from(rounds),
+            };
+            tests::bench::perf(&cli.amqp_url, &options).await
         }
     }
 }
