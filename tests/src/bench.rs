@@ -378,8 +378,15 @@ async fn raw_publish(
 /// (1b) Consumes and acks `n` prefilled messages with a plain lapin consumer, one ack each. With a
 /// `hold` (1c), each delivery is acked by a task of its own after `hold`, no HTTP: what the broker
 /// itself allows at this prefetch when every message is held as long as Telegram's latency — the
-/// prefetch ÷ latency bound minus the broker's own ack-to-next-delivery time.
-async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16, hold: Duration) -> anyhow::Result<Duration> {
+/// prefetch ÷ latency bound minus the broker's own ack-to-next-delivery time. Returns the time from
+/// the first delivery to the last ack, and the CPU per message of the broker and of this process
+/// from the consume's start to the last ack.
+async fn raw_consume(
+    scratch: &Scratch,
+    n: usize,
+    prefetch: u16,
+    hold: Duration,
+) -> anyhow::Result<(Duration, [Option<f64>; 3])> {
     use futures_util::StreamExt;
     use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -398,6 +405,7 @@ async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16, hold: Duration)
     // first send to its last: connecting and the first delivery's way from the broker are left out
     // of both.
     let acked = Arc::new(AtomicUsize::new(0));
+    let meter = CpuMeter::start(None);
     let mut started = None;
     for _ in 0..n {
         let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
@@ -421,8 +429,9 @@ async fn raw_consume(scratch: &Scratch, n: usize, prefetch: u16, hold: Duration)
     let all_acked = wait_until(Duration::from_secs(30), || acked.load(Ordering::Relaxed) >= n).await;
     anyhow::ensure!(all_acked, "the raw consumer acked {} of {n}", acked.load(Ordering::Relaxed));
     let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
+    let cpu = meter.per_message(n);
     let _ = connection.close(200, "done".into()).await;
-    Ok(elapsed)
+    Ok((elapsed, cpu))
 }
 
 async fn purge(scratch: &Scratch) -> anyhow::Result<()> {
@@ -1045,8 +1054,10 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     rows.push(ceiling_row(&format!("1a raw lapin publish + confirm, {PUBLISH_WINDOW} in flight"), publish));
     rows.push(cpu_row("   CPU per message: broker / raw publishers", [broker, client]));
     // 1b consumes what 1a published.
-    let consume = rate_between(n, raw_consume(scratch, n, options.prefetch, Duration::ZERO).await?);
+    let (elapsed, [broker, _, client]) = raw_consume(scratch, n, options.prefetch, Duration::ZERO).await?;
+    let consume = rate_between(n, elapsed);
     rows.push(ceiling_row("1b raw lapin consume + ack", consume));
+    rows.push(cpu_row("   CPU per message: broker / raw consumer", [broker, client]));
     purge(scratch).await?;
 
     if options.runs("2") {
@@ -1129,7 +1140,7 @@ async fn perf_rows(scratch: &Scratch, options: &PerfOptions) -> anyhow::Result<V
     if options.runs("3b") {
         let little = f64::from(options.prefetch) / 0.05;
         scratch.prefill(dispatched_messages(3_000_000, n, options.size)?).await?;
-        let elapsed = raw_consume(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
+        let (elapsed, _) = raw_consume(scratch, n, options.prefetch, Duration::from_millis(50)).await?;
         let held = rate_between(n, elapsed);
         rows.push(rate_row(
             "1c raw lapin consume, each held 50 ms before its ack",

@@ -29,6 +29,7 @@ async fn the_perf_benchmark_runs_and_prints_its_table() {
         "1a raw lapin publish",
         "1b raw lapin consume",
         "CPU per message: broker / raw publishers",
+        "CPU per message: broker / raw consumer",
         "1d raw publish + confirm, 4 in flight",
         "CPU per message in 1d: broker / raw publishers",
         "2  dispatcher",
