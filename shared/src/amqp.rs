@@ -17,6 +17,7 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{parse_amqp_uri, AmqpSettings};
 use crate::topology::Topology;
@@ -88,24 +89,14 @@ pub struct Outgoing<'a> {
     pub properties: BasicProperties,
 }
 
-/// Aborts a background task when dropped: ties a watcher's life to what it watches.
-#[derive(Debug)]
-pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Logs (once per transition) and meters the broker's flow control on `connection`: while a memory
-/// or disk alarm blocks it, the broker accepts nothing published on it. The watcher ends with the
-/// returned guard.
-pub fn watch_connection(connection: &Connection, name: &str) -> AbortOnDrop {
+/// or disk alarm blocks it, the broker accepts nothing published on it. The watcher ends when the
+/// returned handle is dropped, which ties its life to what it watches.
+pub fn watch_connection(connection: &Connection, name: &str) -> AbortOnDropHandle<()> {
     use futures_util::StreamExt;
     let mut events = connection.events_listener();
     let name = name.to_string();
-    AbortOnDrop(tokio::spawn(async move {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
                 lapin::Event::ConnectionBlocked(reason) => {
@@ -126,7 +117,7 @@ pub fn watch_connection(connection: &Connection, name: &str) -> AbortOnDrop {
 struct Link {
     connection: Connection,
     channels: Vec<Channel>,
-    _watch: AbortOnDrop,
+    _watch: AbortOnDropHandle<()>,
 }
 
 impl Link {
