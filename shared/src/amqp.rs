@@ -19,16 +19,15 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{parse_amqp_uri, AmqpSettings};
+use crate::backoff::Backoff;
+use crate::config::{parse_amqp_uri, redact_url, AmqpSettings, Secret};
 use crate::topology::Topology;
 use crate::wire::SendRequest;
 
 /// How long one connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// First wait before reconnecting after a failure; doubles up to [`RECONNECT_MAX_DELAY`].
-pub const RECONNECT_BASE_DELAY: Duration = Duration::from_millis(200);
-/// Longest wait between two reconnection attempts.
-pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
+/// How the publisher waits between reconnection attempts.
+pub const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 /// Why the broker does not hold a message we tried to publish.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +49,37 @@ pub enum PublishError {
     Failed(#[from] lapin::Error),
 }
 
-/// Opens a connection named `name` (shown in the management UI), bounded by [`CONNECT_TIMEOUT`].
+/// Opens a connection named `name` (shown in the management UI) to the first broker of
+/// `AMQP_URL` that answers, starting one further along the list each time, so that reconnects
+/// rotate through a cluster's nodes. Each attempt is bounded by [`CONNECT_TIMEOUT`].
 pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
-    use anyhow::Context as _;
-    let uri = parse_amqp_uri(settings.url.expose()).map_err(anyhow::Error::msg)?;
+    let several = settings.urls.len() > 1;
+    let mut failures = Vec::new();
+    for url in settings.rotation() {
+        match connect_to(url, name).await {
+            Ok(connection) => {
+                let broker = redact_url(url.expose());
+                if several {
+                    tracing::info!(connection = %name, %broker, "connected to the broker");
+                } else {
+                    tracing::debug!(connection = %name, %broker, "connected to the broker");
+                }
+                return Ok(connection);
+            }
+            Err(error) => failures.push(format!("{}: {error:#}", redact_url(url.expose()))),
+        }
+    }
+    Err(anyhow::anyhow!("failed to connect to {}", failures.join("; ")))
+}
+
+async fn connect_to(url: &Secret<String>, name: &str) -> anyhow::Result<Connection> {
+    let uri = parse_amqp_uri(url.expose()).map_err(anyhow::Error::msg)?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let connecting = Connection::connect_uri(uri, properties);
-    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))?
-        .with_context(|| format!("failed to connect to {}", settings.display_url()))
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+    Ok(connection)
 }
 
 /// A passive declare of `queue`: its ready messages and consumers, without creating or changing
@@ -67,14 +87,6 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Conn
 pub async fn inspect_queue(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
     let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
     channel.queue_declare(queue.into(), options, Default::default()).await
-}
-
-/// Capped exponential backoff with full jitter: a random delay in `[base/2, min(max, base·2^n)]`.
-pub fn backoff_delay(failures: u32, base: Duration, max: Duration) -> Duration {
-    let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
-    let ceiling = exp.min(max);
-    let floor = (base / 2).min(ceiling);
-    floor + ceiling.saturating_sub(floor).mul_f64(fastrand::f64())
 }
 
 /// One message to publish.
@@ -337,7 +349,7 @@ impl Publisher {
             }
             Err(error) => {
                 state.failures += 1;
-                let delay = backoff_delay(state.failures, RECONNECT_BASE_DELAY, RECONNECT_MAX_DELAY);
+                let delay = RECONNECT_BACKOFF.delay(state.failures);
                 state.retry_at = Some(Instant::now() + delay);
                 if state.failures == 1 {
                     let had_link = self.lock_current().is_some();
@@ -396,22 +408,4 @@ pub fn request_properties(request: &SendRequest, app_id: &str) -> BasicPropertie
 /// Seconds since the Unix epoch (AMQP timestamps have one-second resolution).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_capped() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for failures in 1..40 {
-            let d = backoff_delay(failures, base, max);
-            assert!(d >= base / 2 && d <= max, "{failures}: {d:?}");
-        }
-        let late: Duration = (0..50).map(|_| backoff_delay(10, base, max)).sum();
-        let early: Duration = (0..50).map(|_| backoff_delay(1, base, max)).sum();
-        assert!(late > early * 4, "{late:?} vs {early:?}");
-    }
 }

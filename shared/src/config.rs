@@ -1,6 +1,8 @@
-//! Configuration pieces both binaries read from the environment: the broker URL and queue prefix,
-//! the log format, and the `Secret` wrapper that keeps tokens and passwords out of `Debug` output.
-//! Every error names the variable that was wrong, so `main` can print it and exit 64.
+//! Configuration pieces both binaries read from the environment: the broker URLs and queue prefix,
+//! Redis, the log format, the shutdown and stall settings ([`CommonSettings`], one default each),
+//! the `Secret` wrapper that keeps tokens and passwords out of `Debug` output, and the one function
+//! that redacts a URL for a log line. Every error names the variable that was wrong, so `main` can
+//! print it and exit 64.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,10 +18,13 @@ pub const DEFAULT_QUEUE_PREFIX: &str = "tg";
 /// Heartbeat put into the AMQP URL when it names none: the broker's default of 60 s notices a dead
 /// peer far too late for a daemon.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
-/// Frame size put into the AMQP URL when it names none. lapin keeps send and receive buffers of 32
-/// frames per connection: at the broker's default 128 KiB that is 8 MiB a connection; our messages
-/// are a few KiB, and larger ones are simply split into more frames.
-pub const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+/// How long a graceful stop may take (`SHUTDOWN_TIMEOUT_SECS`), below Docker's and systemd's
+/// default kill timeouts.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Prefix of every key in Redis (`REDIS_KEY_PREFIX`).
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "tgd";
+/// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
+pub const DEFAULT_STALL_WARN: Duration = Duration::from_millis(100);
 
 /// A configuration value that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -116,43 +121,64 @@ impl EnvSource for HashMap<&str, &str> {
 /// How to reach the broker and which names to use there.
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    /// The full URL, credentials included; use [`AmqpSettings::display_url`] in logs.
-    pub url: Secret<String>,
+    /// One URL per broker node (`AMQP_URL`, comma-separated), credentials included; connections try
+    /// them in turn. Use [`AmqpSettings::display_url`] in logs.
+    pub urls: Vec<Secret<String>>,
     /// Prefix of every exchange and queue name (`QUEUE_PREFIX`).
     pub prefix: String,
+    /// Which URL the next connection tries first, shared by every clone: each connect starts one
+    /// further on, so reconnects rotate through the nodes.
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AmqpSettings {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
-        let url = env.non_empty("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
-        let url = with_default_heartbeat(&url).map_err(|e| ConfigError::new("AMQP_URL", e))?;
+        let raw = env.non_empty("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+        let urls = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| checked_amqp_url(url).map(Secret::new).map_err(|e| ConfigError::new("AMQP_URL", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(ConfigError::new("AMQP_URL", "names no broker"));
+        }
         let prefix = env.non_empty("QUEUE_PREFIX").unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_string());
         validate_prefix(&prefix).map_err(|e| ConfigError::new("QUEUE_PREFIX", e))?;
-        Ok(Self { url: Secret::new(url), prefix })
+        Ok(Self { urls, prefix, next: Default::default() })
     }
 
-    /// Settings for a given URL and prefix, validated the same way as from the environment.
+    /// Settings for a given URL (or comma-separated URLs) and prefix, validated the same way as
+    /// from the environment.
     pub fn new(url: &str, prefix: &str) -> Result<Self, ConfigError> {
         let env: HashMap<&str, &str> = [("AMQP_URL", url), ("QUEUE_PREFIX", prefix)].into();
         Self::from_env(&env)
     }
 
-    /// The URL with its password replaced, fit for a log line.
+    /// The URLs in the order the next connection should try them, rotated one further each call.
+    pub fn rotation(&self) -> impl Iterator<Item = &Secret<String>> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.urls.len();
+        self.urls.iter().cycle().skip(start).take(self.urls.len())
+    }
+
+    /// The URLs with their passwords replaced, fit for a log line.
     pub fn display_url(&self) -> String {
-        redact_amqp_url(self.url.expose())
+        self.urls.iter().map(|url| redact_url(url.expose())).collect::<Vec<_>>().join(",")
     }
 }
 
-/// Checks that `url` is an AMQP URL lapin can use and adds `heartbeat=10` and `frame_max=32768` when
-/// it names none.
-fn with_default_heartbeat(url: &str) -> Result<String, String> {
+/// Checks that `url` is an AMQP URL lapin can use, adds `heartbeat=10` when it names none, and
+/// refuses a `frame_max`: the broker's own is used, so that no message the broker accepted is
+/// refused by the client (a content header larger than the client's frame size closes the whole
+/// connection, and every delivery on it comes back).
+fn checked_amqp_url(url: &str) -> Result<String, String> {
     parse_amqp_uri(url)?;
     let mut parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if parsed.query_pairs().any(|(key, _)| key == "frame_max") {
+        return Err("must not set frame_max: the broker's own frame size is used".to_string());
+    }
     if !parsed.query_pairs().any(|(key, _)| key == "heartbeat") {
         parsed.query_pairs_mut().append_pair("heartbeat", &DEFAULT_HEARTBEAT_SECS.to_string());
-    }
-    if !parsed.query_pairs().any(|(key, _)| key == "frame_max") {
-        parsed.query_pairs_mut().append_pair("frame_max", &DEFAULT_FRAME_MAX.to_string());
     }
     Ok(parsed.to_string())
 }
@@ -175,8 +201,9 @@ pub fn parse_amqp_uri(url: &str) -> Result<AMQPUri, String> {
     Ok(uri)
 }
 
-/// The URL with its password replaced by `***`, fit for a log line.
-pub fn redact_amqp_url(url: &str) -> String {
+/// Any URL with its password replaced by `***`, fit for a log line: the one redaction of URLs for
+/// every setting (AMQP, Redis, the Bot API, PostgreSQL).
+pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
@@ -185,7 +212,59 @@ pub fn redact_amqp_url(url: &str) -> String {
             }
             parsed.to_string()
         }
-        Err(_) => "[unparseable AMQP URL]".to_string(),
+        Err(_) => "[unparseable URL]".to_string(),
+    }
+}
+
+/// Redis, when configured (`REDIS_URL`): the workers' shared budgets, read by `status`.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret<String>,
+    /// Prefix of every key (`REDIS_KEY_PREFIX`, default `tgd`); see `crate::redis_keys`.
+    pub key_prefix: String,
+}
+
+impl RedisSettings {
+    /// `None` when `REDIS_URL` is unset.
+    pub fn from_env(env: &impl EnvSource) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = env.non_empty("REDIS_URL") else { return Ok(None) };
+        let valid = url::Url::parse(&url)
+            .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some());
+        if !valid {
+            return Err(ConfigError::new("REDIS_URL", "is not a redis:// URL (the value is not shown)"));
+        }
+        let key_prefix =
+            env.non_empty("REDIS_KEY_PREFIX").unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_string());
+        Ok(Some(Self { url: Secret::new(url), key_prefix }))
+    }
+
+    pub fn display_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+}
+
+/// Settings both binaries read, each with one default.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    pub amqp: AmqpSettings,
+    pub redis: Option<RedisSettings>,
+    pub log_format: LogFormat,
+    /// How long a graceful stop may take (`SHUTDOWN_TIMEOUT_SECS`).
+    pub shutdown_timeout: Duration,
+    /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
+    pub stall_warn: Duration,
+}
+
+impl CommonSettings {
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let stall_warn_ms = env.parse_or("RUNTIME_STALL_WARN_MS", DEFAULT_STALL_WARN.as_millis() as u64)?;
+        Ok(Self {
+            amqp: AmqpSettings::from_env(env)?,
+            redis: RedisSettings::from_env(env)?,
+            log_format: LogFormat::from_env(env)?,
+            shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
+            stall_warn: Duration::from_millis(stall_warn_ms),
+        })
     }
 }
 
@@ -236,11 +315,12 @@ mod tests {
     fn amqp_url_gets_a_heartbeat_and_its_password_is_redacted_for_logs() {
         let env: HashMap<&str, &str> = [("AMQP_URL", "amqp://u:hunter2@rabbit:5672/%2f")].into();
         let settings = AmqpSettings::from_env(&env).unwrap();
-        assert!(settings.url.expose().contains("heartbeat=10"), "{}", settings.url.expose());
+        let url = settings.urls[0].expose();
+        assert!(url.contains("heartbeat=10") && !url.contains("frame_max"), "{url}");
         assert!(!settings.display_url().contains("hunter2"));
         assert!(settings.display_url().contains("rabbit"));
         assert_eq!(settings.prefix, "tg");
-        let uri = parse_amqp_uri(settings.url.expose()).unwrap();
+        let uri = parse_amqp_uri(url).unwrap();
         assert_eq!(uri.authority.host, "rabbit");
         assert_eq!(uri.query.heartbeat, Some(10));
     }
@@ -251,7 +331,55 @@ mod tests {
         assert_eq!((uri.authority.host.as_str(), uri.authority.port), ("10.1.2.3", 5673));
         let env: HashMap<&str, &str> = [("AMQP_URL", "amqp://h/%2f?heartbeat=3")].into();
         let settings = AmqpSettings::from_env(&env).unwrap();
-        assert_eq!(parse_amqp_uri(settings.url.expose()).unwrap().query.heartbeat, Some(3));
+        assert_eq!(parse_amqp_uri(settings.urls[0].expose()).unwrap().query.heartbeat, Some(3));
+    }
+
+    #[test]
+    fn several_brokers_are_tried_in_turn_starting_one_further_each_time() {
+        let settings =
+            AmqpSettings::new("amqp://u:p@a/%2f, amqp://u:p@b/%2f,amqp://u:p@c/%2f", "tg").unwrap();
+        let hosts = |settings: &AmqpSettings| -> String {
+            settings
+                .rotation()
+                .map(|url| parse_amqp_uri(url.expose()).unwrap().authority.host.chars().next().unwrap())
+                .collect()
+        };
+        assert_eq!(hosts(&settings), "abc");
+        assert_eq!(hosts(&settings.clone()), "bca", "clones share the rotation");
+        assert_eq!(hosts(&settings), "cab");
+        assert_eq!(
+            settings.display_url(),
+            "amqp://u:***@a/%2f?heartbeat=10,amqp://u:***@b/%2f?heartbeat=10,amqp://u:***@c/%2f?heartbeat=10"
+        );
+    }
+
+    #[test]
+    fn a_frame_max_below_the_brokers_cannot_be_asked_for() {
+        let err = AmqpSettings::new("amqp://h/%2f?frame_max=32768", "tg").unwrap_err();
+        assert_eq!(err.var, "AMQP_URL");
+        assert!(err.message.contains("frame_max"), "{err}");
+    }
+
+    #[test]
+    fn urls_of_every_kind_lose_their_password_in_logs() {
+        assert_eq!(redact_url("http://user:hunter2@api.example/tg"), "http://user:***@api.example/tg");
+        assert_eq!(redact_url("redis://:hunter2@cache:6379/0"), "redis://:***@cache:6379/0");
+        assert_eq!(redact_url("https://api.telegram.org"), "https://api.telegram.org/");
+        assert_eq!(redact_url("not a url hunter2"), "[unparseable URL]");
+    }
+
+    #[test]
+    fn common_settings_have_one_default_each() {
+        let settings = CommonSettings::from_env(&HashMap::<&str, &str>::new()).unwrap();
+        assert_eq!(settings.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(settings.stall_warn, DEFAULT_STALL_WARN);
+        assert!(settings.redis.is_none());
+        let env: HashMap<&str, &str> = [("REDIS_URL", "redis://127.0.0.1:6379")].into();
+        let redis = CommonSettings::from_env(&env).unwrap().redis.unwrap();
+        assert_eq!(redis.key_prefix, DEFAULT_REDIS_KEY_PREFIX);
+        let env: HashMap<&str, &str> = [("REDIS_URL", "http://sekrit@x")].into();
+        let err = CommonSettings::from_env(&env).unwrap_err();
+        assert!(err.var == "REDIS_URL" && !err.to_string().contains("sekrit"), "{err}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod backoff;
 pub mod config;
 pub mod metrics;
+pub mod redis_keys;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

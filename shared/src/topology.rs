@@ -34,6 +34,14 @@ pub const HEADER_NOT_BEFORE: &str = "x-tg-not-before";
 pub const HEADER_FLOODS: &str = "x-tg-floods";
 /// The chat the producer named, when Telegram migrated it (the body then holds the new id).
 pub const HEADER_ORIGINAL_CHAT: &str = "x-tg-original-chat-id";
+/// Times Telegram migrated the request's chat to a supergroup.
+pub const HEADER_MIGRATIONS: &str = "x-tg-migrations";
+/// The seal over the bookkeeping headers above (HMAC-SHA256 keyed by the bot's token): a worker
+/// trusts them only on messages another worker of the same bot parked.
+pub const HEADER_SEAL: &str = "x-tg-seal";
+/// A dead letter's original per-message TTL (`expiration`), which the dead letter itself drops so
+/// that the broker never expires it.
+pub const HEADER_ORIGINAL_EXPIRATION: &str = "x-tg-original-expiration";
 
 /// Delay tiers: one queue per TTL (RabbitMQ expires messages only at a queue's head, so one queue
 /// must not mix delays). A delayed message goes to the longest tier not past its due time and is

@@ -13,8 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the watchdog wakes.
 pub const TICK: Duration = Duration::from_millis(50);
-/// Default warning threshold (`RUNTIME_STALL_WARN_MS`).
-pub const DEFAULT_STALL_WARN: Duration = Duration::from_millis(100);
 
 /// What the watchdog saw, readable while it runs.
 #[derive(Debug, Default)]

@@ -29,6 +29,9 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 pub const MAX_CAPTION_CHARS: usize = 1024;
 /// Largest `metadata` object, measured as compact JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// Largest request document: the dispatcher refuses a bigger body (or batch item) with 413, and
+/// the worker dead-letters a bigger message published straight to the exchange.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Top-level fields of a request.
 pub const TOP_LEVEL_FIELDS: &[&str] = &["version", "id", "bot", "method", "params", "metadata"];

@@ -1,0 +1,131 @@
+//! The Redis key layout, in one place: the workers write these keys and `tg-dispatcher status` reads
+//! them. Every key starts with the namespace (`REDIS_KEY_PREFIX`, default `tgd`).
+//!
+//! A bot's budgets are keyed by the numeric id of its token (the part before `:`), never by the
+//! secret part, and never by its alias (aliases are local to a worker's configuration; the token is
+//! what Telegram counts by):
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{ns}:{bot_id}:g` | the global budget's theoretical arrival time (µs on Redis's clock) |
+//! | `{ns}:{bot_id}:p` | the paid-broadcast budget's, likewise |
+//! | `{ns}:{bot_id}:pb` | until when the whole bot is paused by a 429 (µs) |
+//! | `{ns}:{bot_id}:lf` | the chat and time of the bot's last 429, `chat|µs` |
+//! | `{ns}:{bot_id}:c:{chat}` | the chat's slots, reserved in receipt order |
+//! | `{ns}:{bot_id}:s:{chat}` | the chat's actual sends |
+//! | `{ns}:{bot_id}:pc:{chat}` | until when the chat is paused by a 429 (µs) |
+//!
+//! Every key expires by itself shortly after the instant it holds has passed.
+
+/// Budget keys of one bot token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotKeys {
+    /// `{ns}:{bot_id}`
+    prefix: String,
+}
+
+impl BotKeys {
+    pub fn new(namespace: &str, bot_id: &str) -> Self {
+        Self { prefix: format!("{namespace}:{bot_id}") }
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    fn chat_key(&self, kind: &str, chat: &impl std::fmt::Display) -> String {
+        format!("{}:{kind}:{chat}", self.prefix)
+    }
+
+    /// The global budget, or the paid-broadcast one.
+    pub fn global(&self, paid: bool) -> String {
+        self.key(if paid { "p" } else { "g" })
+    }
+
+    pub fn bot_pause(&self) -> String {
+        self.key("pb")
+    }
+
+    pub fn last_flood(&self) -> String {
+        self.key("lf")
+    }
+
+    pub fn chat_slots(&self, chat: &impl std::fmt::Display) -> String {
+        self.chat_key("c", chat)
+    }
+
+    pub fn chat_sends(&self, chat: &impl std::fmt::Display) -> String {
+        self.chat_key("s", chat)
+    }
+
+    pub fn chat_pause(&self, chat: &impl std::fmt::Display) -> String {
+        self.chat_key("pc", chat)
+    }
+}
+
+/// What a budget key is, read back from its name (for `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetKey {
+    Global,
+    Paid,
+    BotPause,
+    LastFlood,
+    ChatSlots,
+    ChatSends,
+    ChatPause,
+}
+
+/// Splits a key of `namespace` into its bot id and kind; `None` for keys that are not budgets.
+pub fn parse_budget_key<'k>(namespace: &str, key: &'k str) -> Option<(&'k str, BudgetKey)> {
+    let rest = key.strip_prefix(namespace)?.strip_prefix(':')?;
+    let (bot_id, rest) = rest.split_once(':')?;
+    if bot_id.is_empty() || !bot_id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (kind, chat) = match rest.split_once(':') {
+        Some((kind, chat)) => (kind, Some(chat)),
+        None => (rest, None),
+    };
+    let kind = match (kind, chat) {
+        ("g", None) => BudgetKey::Global,
+        ("p", None) => BudgetKey::Paid,
+        ("pb", None) => BudgetKey::BotPause,
+        ("lf", None) => BudgetKey::LastFlood,
+        ("c", Some(_)) => BudgetKey::ChatSlots,
+        ("s", Some(_)) => BudgetKey::ChatSends,
+        ("pc", Some(_)) => BudgetKey::ChatPause,
+        _ => return None,
+    };
+    Some((bot_id, kind))
+}
+
+/// The numeric id of a bot token (`123456:secret` → `123456`): what budgets are keyed by.
+pub fn bot_id(token: &str) -> &str {
+    token.split_once(':').map_or(token, |(id, _)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_budget_key_reads_back_as_what_it_is() {
+        let keys = BotKeys::new("tgd", "123");
+        let cases = [
+            (keys.global(false), BudgetKey::Global),
+            (keys.global(true), BudgetKey::Paid),
+            (keys.bot_pause(), BudgetKey::BotPause),
+            (keys.last_flood(), BudgetKey::LastFlood),
+            (keys.chat_slots(&-100123), BudgetKey::ChatSlots),
+            (keys.chat_sends(&"@news"), BudgetKey::ChatSends),
+            (keys.chat_pause(&42), BudgetKey::ChatPause),
+        ];
+        for (key, kind) in cases {
+            assert_eq!(parse_budget_key("tgd", &key), Some(("123", kind)), "{key}");
+        }
+        assert_eq!(keys.chat_slots(&42), "tgd:123:c:42");
+        assert_eq!(parse_budget_key("tgd", "tgd:req:abc"), None);
+        assert_eq!(parse_budget_key("tgd", "other:123:g"), None);
+        assert_eq!(bot_id("123456:AAE-secret"), "123456");
+    }
+}
