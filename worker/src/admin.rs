@@ -15,27 +15,27 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Inner;
+use crate::context::DeliveryContext;
 
-pub(crate) async fn serve(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<DeliveryContext>, stop: CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(inner);
+        .with_state(ctx);
     let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
     if let Err(error) = served.await {
         tracing::error!(%error, "the admin server failed");
     }
 }
 
-async fn healthz(State(inner): State<Arc<Inner>>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "instance": inner.config.instance}))
+async fn healthz(State(ctx): State<Arc<DeliveryContext>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "instance": ctx.config.instance}))
 }
 
-async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
-    let consuming = inner.consuming.load(Ordering::Relaxed);
-    let bots: serde_json::Map<String, serde_json::Value> = inner
+async fn readyz(State(ctx): State<Arc<DeliveryContext>>) -> Response {
+    let consuming = ctx.consuming.load(Ordering::Relaxed);
+    let bots: serde_json::Map<String, serde_json::Value> = ctx
         .bots
         .iter()
         .map(|(alias, bot)| {
@@ -50,9 +50,9 @@ async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
         "consuming": consuming,
         // Informational, not part of readiness: events, parking and dead letters retry their own
         // connects, and a delivery that cannot be parked or dead-lettered goes back to the queue.
-        "publishing": inner.publisher.is_connected(),
+        "publishing": ctx.outbox.publisher().is_connected(),
         "bots": bots,
-        "instance": inner.config.instance,
+        "instance": ctx.config.instance,
     });
     (status, Json(body)).into_response()
 }

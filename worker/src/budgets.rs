@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use deadpool_redis::redis::Script;
+use shared::redis_keys::BotKeys;
 use shared::wire::ChatId;
 use tokio::time::Instant;
 
@@ -141,7 +142,8 @@ pub struct Budgets {
     /// The departure window at the full limits, for when budgets are shared (the local pacer's
     /// window is scaled by `RATE_SHARE`).
     shared_departures: Pacer,
-    redis: Option<(RedisStore, String)>,
+    /// The Redis store and this bot's keys in it (`shared::redis_keys`).
+    redis: Option<(RedisStore, BotKeys)>,
     health: Health,
     bot: String,
 }
@@ -151,8 +153,8 @@ impl Budgets {
     /// makes them shared.
     pub fn new(alias: &str, limits: Limits, share: f64, redis: Option<(RedisStore, String)>) -> Self {
         let redis = redis.map(|(store, bot_id)| {
-            let prefix = format!("{}:{bot_id}", store.namespace);
-            (store, prefix)
+            let keys = BotKeys::new(&store.namespace, &bot_id);
+            (store, keys)
         });
         Self {
             local: Pacer::new(limits.scaled(share)),
@@ -229,36 +231,35 @@ impl Budgets {
         }
     }
 
-    fn key(&self, suffix: &str) -> String {
-        let prefix = self.redis.as_ref().map(|(_, p)| p.as_str()).unwrap_or("");
-        format!("{prefix}:{suffix}")
-    }
-
-    fn chat_key(&self, kind: &str, chat: &ChatId) -> String {
-        self.key(&format!("{kind}:{chat}"))
+    /// This bot's keys; only called with Redis configured.
+    fn keys(&self) -> Option<&BotKeys> {
+        self.redis.as_ref().map(|(_, keys)| keys)
     }
 
     /// See [`Pacer::reserve_chat`].
     pub async fn reserve_chat(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
-        match self.reserve_shared_chat("c", chat, now, not_before).await {
+        match self.reserve_shared_chat(ChatBudget::Slots, chat, now, not_before).await {
             Some(slot) => slot,
             None => self.local.reserve_chat(chat, now, not_before),
         }
     }
 
-    /// One of a chat's shared budgets (`c`: slots in receipt order, `s`: actual sends), or `None`
-    /// when the local budgets apply.
+    /// One of a chat's shared budgets, or `None` when the local budgets apply.
     async fn reserve_shared_chat(
         &self,
-        kind: &str,
+        budget: ChatBudget,
         chat: &ChatId,
         now: Instant,
         not_before: Instant,
     ) -> Option<Instant> {
-        self.redis.as_ref()?;
+        let bot = self.keys()?;
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
-        let keys = [self.chat_key(kind, chat), self.chat_key("pc", chat)];
+        let budget_key = match budget {
+            ChatBudget::Slots => bot.chat_slots(chat),
+            ChatBudget::Sends => bot.chat_sends(chat),
+        };
+        let keys = [budget_key, bot.chat_pause(chat)];
         let args = [micros(step), micros(tolerance), micros(not_before.saturating_duration_since(now))];
         let wait = self.script(RESERVE, &keys, &args).await?;
         Some(Instant::now() + from_micros(wait))
@@ -266,19 +267,19 @@ impl Budgets {
 
     /// See [`Pacer::observe_chat_slot`].
     pub async fn observe_chat_slot(&self, chat: &ChatId, slot: Instant) {
-        if self.redis.is_none() {
+        let Some(bot) = self.keys() else {
             return self.local.observe_chat_slot(chat, slot);
-        }
+        };
         let step = self.limits.chat_interval(chat);
         let ahead = signed_micros(slot + step);
-        if self.script(PUSH, &[self.chat_key("c", chat)], &[ahead]).await.is_none() {
+        if self.script(PUSH, &[bot.chat_slots(chat)], &[ahead]).await.is_none() {
             self.local.observe_chat_slot(chat, slot);
         }
     }
 
     /// See [`Pacer::reserve_chat_send`].
     pub async fn reserve_chat_send(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
-        match self.reserve_shared_chat("s", chat, now, not_before).await {
+        match self.reserve_shared_chat(ChatBudget::Sends, chat, now, not_before).await {
             Some(slot) => slot,
             None => self.local.reserve_chat_send(chat, now, not_before),
         }
@@ -288,21 +289,19 @@ impl Budgets {
     /// spaced from when this one really left.
     pub async fn record_chat_send(&self, chat: &ChatId, at: Instant) {
         self.local.record_chat_send(chat, at);
-        if self.redis.is_none() {
-            return;
-        }
+        let Some(bot) = self.keys() else { return };
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
         let next = (at + step).checked_sub(tolerance).unwrap_or(at);
-        let _ = self.script(PUSH, &[self.chat_key("s", chat)], &[signed_micros(next)]).await;
+        let _ = self.script(PUSH, &[bot.chat_sends(chat)], &[signed_micros(next)]).await;
     }
 
     /// See [`Pacer::reserve_global`].
     pub async fn reserve_global(&self, paid: bool, now: Instant) -> Instant {
-        if self.redis.is_none() {
+        let Some(bot) = self.keys() else {
             return self.local.reserve_global(paid, now);
-        }
-        let keys = [self.key(if paid { "p" } else { "g" }), self.key("pb")];
+        };
+        let keys = [bot.global(paid), bot.bot_pause()];
         let args = [micros(self.limits.global_interval(paid)), "0".to_string(), "0".to_string()];
         match self.script(RESERVE, &keys, &args).await {
             Some(wait) => Instant::now() + from_micros(wait),
@@ -329,10 +328,8 @@ impl Budgets {
     /// See [`Pacer::paused_until`].
     pub async fn paused_until(&self, chat: &ChatId, now: Instant) -> Instant {
         let local = self.local.paused_until(chat, now);
-        if self.redis.is_none() {
-            return local;
-        }
-        let keys = [self.chat_key("pc", chat), self.key("pb")];
+        let Some(bot) = self.keys() else { return local };
+        let keys = [bot.chat_pause(chat), bot.bot_pause()];
         match self.script(PAUSED, &keys, &[]).await {
             Some(wait) => local.max(Instant::now() + from_micros(wait)),
             None => local,
@@ -342,10 +339,8 @@ impl Budgets {
     /// See [`Pacer::flood`]; with Redis, the pause is seen by every worker.
     pub async fn flood(&self, chat: &ChatId, now: Instant, until: Instant) -> bool {
         let local = self.local.flood(chat, now, until);
-        if self.redis.is_none() {
-            return local;
-        }
-        let keys = [self.chat_key("pc", chat), self.key("pb"), self.key("lf")];
+        let Some(bot) = self.keys() else { return local };
+        let keys = [bot.chat_pause(chat), bot.bot_pause(), bot.last_flood()];
         let args = [micros(until.saturating_duration_since(now)), chat.to_string()];
         match self.script(FLOOD, &keys, &args).await {
             Some(bot_wide) => bot_wide == 1 || local,
@@ -372,10 +367,13 @@ fn from_micros(value: i64) -> Duration {
     Duration::from_micros(u64::try_from(value).unwrap_or(0))
 }
 
-/// Budgets shared through Redis are keyed by the token's numeric bot id (the part before `:`),
-/// never by the secret part.
-pub fn bot_id(token: &str) -> String {
-    token.split(':').next().unwrap_or_default().to_string()
+/// A chat's two shared budgets.
+#[derive(Debug, Clone, Copy)]
+enum ChatBudget {
+    /// Slots, reserved in receipt order.
+    Slots,
+    /// Actual sends.
+    Sends,
 }
 
 #[cfg(test)]

@@ -71,8 +71,9 @@ impl Failure {
 /// What to do after one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Telegram said ok: ack.
-    Delivered { message_id: Option<i64> },
+    /// Telegram said ok: ack. The ids of the messages the call made (several for an album, none
+    /// for a call that makes no message).
+    Delivered { message_ids: Vec<i64> },
     /// Flood control: wait at least `after`, then resend. Not a failed attempt.
     RetryAfter { after: Duration, failure: Failure },
     /// The group became a supergroup: resend to `to`.
@@ -97,9 +98,9 @@ pub fn classify(answer: &RawAnswer) -> Outcome {
             format!("answer is not Bot API JSON: {snippet:?}"),
             ErrorClass::Transient,
         )),
-        RawAnswer::Json { body, .. } if body.ok => {
-            Outcome::Delivered { message_id: body.result.as_ref().and_then(|result| result.message_id) }
-        }
+        RawAnswer::Json { body, .. } if body.ok => Outcome::Delivered {
+            message_ids: body.result.as_ref().map(|result| result.message_ids.clone()).unwrap_or_default(),
+        },
         RawAnswer::Json { status, body } => {
             let code = body.error_code.unwrap_or(*status);
             let description = body.description.clone().unwrap_or_else(|| "no description".to_string());
@@ -191,7 +192,7 @@ mod tests {
             status: 200,
             body: serde_json::from_str(r#"{"ok":true,"result":{"message_id":7}}"#).unwrap(),
         };
-        assert_eq!(classify(&answer), Outcome::Delivered { message_id: Some(7) });
+        assert_eq!(classify(&answer), Outcome::Delivered { message_ids: vec![7] });
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use shared::config::{AmqpSettings, ConfigError, EnvSource, LogFormat, Secret};
+use shared::config::{redact_url, CommonSettings, ConfigError, EnvSource, Secret};
 
 use crate::pacing::Limits;
 use shared::wire::{validate_bot_alias, DEFAULT_BOT};
@@ -14,8 +14,6 @@ use url::Url;
 pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 /// Unacknowledged deliveries the broker may hand this worker at once (`WORKER_PREFETCH`).
 pub const DEFAULT_PREFETCH: u16 = 256;
-/// Time allowed for a graceful stop before closing anyway (`SHUTDOWN_TIMEOUT_SECS`).
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Failed attempts (transient errors) before a request is dead-lettered (`RETRY_MAX_ATTEMPTS`).
 pub const DEFAULT_RETRY_MAX_ATTEMPTS: u32 = 8;
 /// Age after which a request that keeps failing is dead-lettered (`RETRY_MAX_AGE_SECS`).
@@ -31,14 +29,15 @@ pub const DEFAULT_TELEGRAM_TIMEOUT: Duration = Duration::from_secs(17);
 /// Everything `tg-worker` needs to run.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub amqp: AmqpSettings,
+    /// The broker, Redis (`REDIS_URL`: budgets shared by every worker; none means local budgets),
+    /// the log format, the shutdown timeout and the stall threshold.
+    pub common: CommonSettings,
     /// Bot alias → token. `default` comes from `TELEGRAM_BOT_TOKEN`, others from `TELEGRAM_BOTS`.
     pub bots: BTreeMap<String, Secret<String>>,
     /// Base URL of the Bot API (`TELEGRAM_API_URL`): Telegram, a self-hosted server, or the sandbox.
     pub telegram_api_url: Url,
     /// Broker prefetch, also the bound on concurrent work (`WORKER_PREFETCH`).
     pub prefetch: u16,
-    pub shutdown_timeout: Duration,
     /// Telegram's limits, per bot (`RATE_*`).
     pub limits: Limits,
     pub retry_max_attempts: u32,
@@ -48,19 +47,12 @@ pub struct WorkerConfig {
     /// Most Bot API calls under way at once (`TELEGRAM_MAX_IN_FLIGHT`, default 256): each holds a
     /// connection, so this bounds memory and sockets whatever the prefetch.
     pub max_in_flight: usize,
-    /// Redis holding budgets shared by every worker (`REDIS_URL`); none means local budgets.
-    pub redis_url: Option<Secret<String>>,
-    /// Key prefix of the shared budgets in Redis (`REDIS_KEY_PREFIX`, default `tgd`).
-    pub redis_key_prefix: String,
     /// This worker's share of each limit when budgets are local (`RATE_SHARE`, default 1).
     pub rate_share: f64,
     /// Where the admin server listens (`WORKER_ADMIN_LISTEN`; `off` disables it).
     pub admin_listen: Option<std::net::SocketAddr>,
-    /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
-    pub stall_warn: Duration,
     /// How often a summary line is logged (`LOG_SUMMARY_SECS`, default 30; 0 disables it).
     pub log_summary: Duration,
-    pub log_format: LogFormat,
     /// How this instance names itself in logs and in its broker connections (`WORKER_NAME`,
     /// default the host name).
     pub instance: String,
@@ -68,7 +60,7 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
-        let amqp = AmqpSettings::from_env(env)?;
+        let common = CommonSettings::from_env(env)?;
         let mut bots = BTreeMap::new();
         if let Some(token) = env.non_empty("TELEGRAM_BOT_TOKEN") {
             validate_token(&token).map_err(|m| ConfigError::new("TELEGRAM_BOT_TOKEN", m))?;
@@ -98,7 +90,9 @@ impl WorkerConfig {
         let telegram_api_url = Url::parse(&api)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| ConfigError::new("TELEGRAM_API_URL", format!("{api:?} is not an http(s) URL")))?;
+            .ok_or_else(|| {
+                ConfigError::new("TELEGRAM_API_URL", format!("{} is not an http(s) URL", redact_url(&api)))
+            })?;
         let prefetch = env.parse_or("WORKER_PREFETCH", DEFAULT_PREFETCH)?;
         if prefetch == 0 {
             return Err(ConfigError::new("WORKER_PREFETCH", "must be at least 1"));
@@ -139,45 +133,28 @@ impl WorkerConfig {
                 })?)
             }
         };
-        let stall_warn = Duration::from_millis(
-            env.parse_or("RUNTIME_STALL_WARN_MS", shared::watchdog::DEFAULT_STALL_WARN.as_millis() as u64)?,
-        );
-        let redis_url = env.non_empty("REDIS_URL");
-        if let Some(url) = &redis_url {
-            let valid = url::Url::parse(url)
-                .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some());
-            if !valid {
-                return Err(ConfigError::new("REDIS_URL", "is not a redis:// URL (the value is not shown)"));
-            }
-        }
         let rate_share: f64 = env.parse_or("RATE_SHARE", 1.0)?;
         if !(rate_share > 0.0 && rate_share <= 1.0) {
             return Err(ConfigError::new("RATE_SHARE", "must be in (0, 1], e.g. 0.25 for four workers"));
         }
-        let redis_key_prefix = env.non_empty("REDIS_KEY_PREFIX").unwrap_or_else(|| "tgd".to_string());
         let max_in_flight: usize = env.parse_or("TELEGRAM_MAX_IN_FLIGHT", 256)?;
         if max_in_flight == 0 {
             return Err(ConfigError::new("TELEGRAM_MAX_IN_FLIGHT", "must be at least 1"));
         }
         Ok(Self {
-            amqp,
+            common,
             bots,
             max_in_flight,
-            redis_url: redis_url.map(Secret::new),
-            redis_key_prefix,
             rate_share,
             admin_listen,
-            stall_warn,
             log_summary: env.secs_or("LOG_SUMMARY_SECS", Duration::from_secs(30))?,
             telegram_api_url,
             prefetch,
-            shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
             limits,
             retry_max_attempts,
             retry_max_age: env.secs_or("RETRY_MAX_AGE_SECS", DEFAULT_RETRY_MAX_AGE)?,
             max_hold,
             telegram_timeout,
-            log_format: LogFormat::from_env(env)?,
             instance: env.non_empty("WORKER_NAME").unwrap_or_else(|| shared::telemetry::hostname("worker")),
         })
     }
@@ -188,17 +165,19 @@ impl WorkerConfig {
     /// log line).
     pub fn describe(&self) -> String {
         let l = &self.limits;
-        let redis = self.redis_url.as_ref().map(|u| redact_url(u.expose())).unwrap_or_else(|| "off".into());
+        let common = &self.common;
+        let redis = common.redis.as_ref().map(|r| r.display_url()).unwrap_or_else(|| "off".into());
+        let redis_key_prefix = common.redis.as_ref().map_or("-", |r| r.key_prefix.as_str());
         let admin = self.admin_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
         format!(
             "amqp={} prefix={} bots={} telegram={} prefetch={} rate_global={}/s rate_chat={}/s \
              chat_burst={} rate_group={}/min rate_paid={}/s safety_margin={} max_hold={}s \
              retry_max_attempts={} retry_max_age={}s telegram_timeout={}s max_in_flight={} redis={} redis_key_prefix={} \
              rate_share={} admin={} shutdown_timeout={}s stall_warn={}ms",
-            self.amqp.display_url(),
-            self.amqp.prefix,
+            common.amqp.display_url(),
+            common.amqp.prefix,
             self.bots.keys().cloned().collect::<Vec<_>>().join(","),
-            self.telegram_api_url,
+            redact_url(self.telegram_api_url.as_str()),
             self.prefetch,
             l.global_per_sec,
             l.chat_per_sec,
@@ -212,25 +191,12 @@ impl WorkerConfig {
             self.telegram_timeout.as_secs(),
             self.max_in_flight,
             redis,
-            self.redis_key_prefix,
+            redis_key_prefix,
             self.rate_share,
             admin,
-            self.shutdown_timeout.as_secs(),
-            self.stall_warn.as_millis(),
+            common.shutdown_timeout.as_secs(),
+            common.stall_warn.as_millis(),
         )
-    }
-}
-
-/// A URL with its password replaced by `***`.
-fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "[unparseable URL]".into(),
     }
 }
 
@@ -275,6 +241,25 @@ mod tests {
         assert!(described.contains("rate_global=30/s") && described.contains("bots=alerts,default,news"));
         assert_eq!(config.prefetch, 256);
         assert_eq!(config.telegram_api_url.as_str(), "https://api.telegram.org/");
+    }
+
+    #[test]
+    fn the_start_up_line_hides_every_password() {
+        let env: HashMap<&str, &str> = [
+            ("TELEGRAM_BOT_TOKEN", "123:abc"),
+            ("TELEGRAM_API_URL", "https://proxy:hunter2@tg.example/"),
+            ("AMQP_URL", "amqp://u:hunter2@rabbit/%2f"),
+            ("REDIS_URL", "redis://:hunter2@cache:6379"),
+        ]
+        .into();
+        let described = WorkerConfig::from_env(&env).unwrap().describe();
+        assert!(!described.contains("hunter2"), "{described}");
+        assert!(described.contains("telegram=https://proxy:***@tg.example/"), "{described}");
+        let env: HashMap<&str, &str> =
+            [("TELEGRAM_BOT_TOKEN", "123:abc"), ("TELEGRAM_API_URL", "ftp://proxy:hunter2@tg.example/")]
+                .into();
+        let err = WorkerConfig::from_env(&env).unwrap_err();
+        assert!(err.var == "TELEGRAM_API_URL" && !err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let _log_guard = shared::telemetry::init(config.log_format, &config.instance);
+    let _log_guard = shared::telemetry::init(config.common.log_format, &config.instance);
     if let Err(error) = huge_pages_off {
         tracing::warn!(%error, "could not turn transparent huge pages off; peak RSS may be higher");
     }

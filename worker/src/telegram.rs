@@ -41,28 +41,32 @@ pub struct ApiResponse {
     pub parameters: Option<ResponseParameters>,
 }
 
-/// What the worker reads of a successful call's `result`: the sent message's id. The rest of the
-/// `Message` (sender, chat, entities, …) is skipped without being built, which spares a dozen
-/// allocations per delivery; a `result` that is not an object (`true`, a list) reads as no id.
+/// What the worker reads of a successful call's `result`: the ids of the messages it made — one for
+/// a `Message` or a `MessageId`, several for an array of them (an album, `copyMessages`), none for
+/// `true`. The rest of a `Message` (sender, chat, entities, …) is skipped without being built,
+/// which spares a dozen allocations per delivery.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SentResult {
-    pub message_id: Option<i64>,
+    pub message_ids: Vec<i64>,
 }
 
-impl<'de> Deserialize<'de> for SentResult {
+/// The `message_id` of one object, skipping every other member without building it.
+struct MessageIdOf(Option<i64>);
+
+impl<'de> Deserialize<'de> for MessageIdOf {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
 
-        struct SentResultVisitor;
+        struct IdVisitor;
 
-        impl<'de> Visitor<'de> for SentResultVisitor {
-            type Value = SentResult;
+        impl<'de> Visitor<'de> for IdVisitor {
+            type Value = MessageIdOf;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a Bot API result")
+                f.write_str("a Bot API object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SentResult, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageIdOf, A::Error> {
                 // Keys are matched without being copied.
                 #[derive(Deserialize)]
                 #[serde(field_identifier, rename_all = "snake_case")]
@@ -80,12 +84,41 @@ impl<'de> Deserialize<'de> for SentResult {
                         }
                     }
                 }
-                Ok(SentResult { message_id })
+                Ok(MessageIdOf(message_id))
+            }
+        }
+
+        deserializer.deserialize_map(IdVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for SentResult {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+
+        struct SentResultVisitor;
+
+        impl<'de> Visitor<'de> for SentResultVisitor {
+            type Value = SentResult;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Bot API result")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SentResult, A::Error> {
+                let MessageIdOf(id) =
+                    MessageIdOf::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SentResult { message_ids: id.into_iter().collect() })
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SentResult, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(SentResult::default())
+                let mut message_ids = Vec::new();
+                while let Some(item) = seq.next_element::<serde_json::Value>()? {
+                    if let Some(id) = item.get("message_id").and_then(serde_json::Value::as_i64) {
+                        message_ids.push(id);
+                    }
+                }
+                Ok(SentResult { message_ids })
             }
 
             fn visit_bool<E>(self, _: bool) -> Result<SentResult, E> {
@@ -252,15 +285,17 @@ mod tests {
         let parse = |json: &str| serde_json::from_str::<ApiResponse>(json).map(|r| r.result);
         let message = r#"{"ok":true,"result":{"message_id":42,"from":{"id":1,"is_bot":true},
             "chat":{"id":-5,"type":"group"},"date":1,"text":"hi \"there\"","entities":[{"type":"bold"}]}}"#;
-        assert_eq!(parse(message).unwrap(), Some(SentResult { message_id: Some(42) }));
+        assert_eq!(parse(message).unwrap(), Some(SentResult { message_ids: vec![42] }));
+        let album =
+            r#"{"ok":true,"result":[{"message_id":1,"date":1},{"message_id":2,"photo":[{"file_id":"x"}]}]}"#;
+        assert_eq!(parse(album).unwrap().unwrap().message_ids, [1, 2]);
         for other in [
             r#"{"ok":true,"result":true}"#,
-            r#"{"ok":true,"result":[{"message_id":1}]}"#,
             r#"{"ok":true,"result":{"id":7,"is_bot":true}}"#,
             r#"{"ok":true,"result":"x"}"#,
             r#"{"ok":true,"result":{"message_id":"7","date":1}}"#,
         ] {
-            assert_eq!(parse(other).unwrap().unwrap_or_default().message_id, None, "{other}");
+            assert!(parse(other).unwrap().unwrap_or_default().message_ids.is_empty(), "{other}");
         }
         assert_eq!(parse(r#"{"ok":false,"error_code":400,"description":"x"}"#).unwrap(), None);
         assert!(parse(r#"{"ok":true,"result":{"message_id":1"#).is_err());

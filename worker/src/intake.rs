@@ -1,0 +1,150 @@
+//! Taking a new delivery from the consumer: decode and validate it with the shared wire format,
+//! read what it carries, give it a slot in its chat's budget, and either put it in its chat's lane
+//! or, when the slot is far off, park it at once. Invalid requests, unknown bots and ids already
+//! delivered are settled by tracked tasks of their own.
+//!
+//! The consume loop awaits [`accept`] for each delivery in turn: chat slots are reserved in the
+//! order deliveries arrive (a Redis round trip when budgets are shared), so that requests for one
+//! chat keep their order. Everything after the reservation runs in the lane's task.
+
+use std::sync::Arc;
+
+use lapin::message::Delivery;
+use shared::wire::{SendRequest, MAX_REQUEST_BYTES};
+use tokio::time::Instant;
+
+use crate::acks::{Received, Settler};
+use crate::bots::Bot;
+use crate::carried::{Bookkeeping, Carried, Timing, Trust};
+use crate::classify::{ErrorClass, Failure};
+use crate::clock::{instant_from_ms, ms_from_instant, now_ms};
+use crate::context::DeliveryContext;
+use crate::events::Event;
+use crate::job::Job;
+use crate::lane::run_lane;
+use crate::outbox::{without_expiration, Held, Parking};
+
+/// Takes a new delivery from the consumer.
+pub(crate) async fn accept(ctx: &Arc<DeliveryContext>, settler: &Arc<Settler>, delivery: Delivery) {
+    let delivery = Received::new(delivery, settler);
+    let request = match decode(&delivery) {
+        Ok(request) => request,
+        Err(failure) => {
+            let ctx_for_task = Arc::clone(ctx);
+            ctx.tracker.spawn(async move {
+                tracing::warn!(reason = %failure.description, "dead-lettering an invalid request");
+                ctx_for_task.outbox.dead_letter(&delivery, None, &failure).await;
+            });
+            return;
+        }
+    };
+    let Some(bot) = ctx.bots.get(request.bot()).cloned() else {
+        reject_unknown_bot(ctx, delivery, request);
+        return;
+    };
+    if ctx.recent.contains(request.id()) {
+        tracing::info!(
+            id = request.id(),
+            redelivered = delivery.redelivered,
+            "already delivered: acking without sending again"
+        );
+        metrics::counter!("tg_duplicates_suppressed_total").increment(1);
+        ctx.outbox.ack(&delivery, "ack of a duplicate");
+        return;
+    }
+    let (bookkeeping, trust) =
+        Bookkeeping::read(delivery.properties.headers().as_ref(), request.id(), &bot.seal, now_ms());
+    if trust == Trust::Ignored {
+        tracing::debug!(id = request.id(), "ignoring bookkeeping headers this product did not seal");
+        metrics::counter!("tg_untrusted_headers_total").increment(1);
+    }
+    let now = Instant::now();
+    let slot = chat_slot(&bot, &request, bookkeeping.timing, now).await;
+    let Bookkeeping { carried, .. } = bookkeeping;
+    if slot.saturating_duration_since(now) > ctx.config.max_hold {
+        park_until_slot(ctx, &bot, delivery, &request, carried, slot).await;
+        return;
+    }
+    let received = instant_from_ms(carried.first_seen_ms);
+    let job = Job::new(delivery, request, carried, slot, received);
+    let lane = job.lane();
+    if ctx.lanes.push(&lane, job) {
+        ctx.tracker.spawn(run_lane(Arc::clone(ctx), lane));
+    }
+}
+
+/// The request in a delivery, or why it can never be sent.
+fn decode(delivery: &Received) -> Result<SendRequest, Failure> {
+    let invalid =
+        |description: String| Failure { code: None, description, class: ErrorClass::InvalidRequest };
+    if delivery.data.len() > MAX_REQUEST_BYTES {
+        return Err(invalid(format!(
+            "invalid request: it is {} bytes; a request is at most {MAX_REQUEST_BYTES}",
+            delivery.data.len()
+        )));
+    }
+    let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
+    SendRequest::from_json_or_id(&delivery.data, || {
+        message_id
+            .filter(|id| shared::wire::validate_id(id).is_ok())
+            .unwrap_or_else(shared::wire::new_request_id)
+    })
+    .map_err(|error| invalid(format!("invalid request: {error}")))
+}
+
+/// Dead-letters a request for a bot this worker does not know, with a `failed` event.
+fn reject_unknown_bot(ctx: &Arc<DeliveryContext>, delivery: Received, request: SendRequest) {
+    let failure = Failure {
+        code: None,
+        description: format!("unknown bot alias {:?}", request.bot()),
+        class: ErrorClass::InvalidRequest,
+    };
+    let ctx_for_task = Arc::clone(ctx);
+    ctx.tracker.spawn(async move {
+        let ctx = ctx_for_task;
+        tracing::warn!(id = request.id(), bot = request.bot(), "dead-lettering: unknown bot alias");
+        ctx.outbox.dead_letter(&delivery, Some(request.bot()), &failure).await;
+        let carried = Carried::fresh(now_ms());
+        ctx.events.publish(|| Event::failed(&request, &carried, &failure)).await;
+    });
+}
+
+/// The request's chat slot: the one it kept while parked, or a new one in receipt order.
+async fn chat_slot(bot: &Bot, request: &SendRequest, timing: Timing, now: Instant) -> Instant {
+    let chat = request.chat_id();
+    match timing {
+        Timing::Slot(ms) => {
+            let slot = instant_from_ms(ms);
+            bot.budgets.observe_chat_slot(chat, slot).await;
+            slot
+        }
+        Timing::NotBefore(ms) => bot.budgets.reserve_chat(chat, now, instant_from_ms(ms)).await,
+        Timing::Now => bot.budgets.reserve_chat(chat, now, now).await,
+    }
+}
+
+/// Parks a request whose chat slot is far off, as it came, keeping the slot: it comes back shortly
+/// before its turn and slips into its place.
+async fn park_until_slot(
+    ctx: &DeliveryContext,
+    bot: &Bot,
+    delivery: Received,
+    request: &SendRequest,
+    carried: Carried,
+    slot: Instant,
+) {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let bookkeeping = Bookkeeping { carried, timing: Timing::Slot(ms_from_instant(slot)) };
+    bookkeeping.write(&mut headers, request.id(), &bot.seal);
+    let parking = Parking {
+        body: delivery.data.clone(),
+        properties: without_expiration(&delivery.properties)
+            .with_message_id(request.id().into())
+            .with_headers(headers),
+        held: Held::Owned(Box::new(delivery)),
+        delay: slot.saturating_duration_since(Instant::now()),
+        why: "pacing",
+        then: None,
+    };
+    ctx.outbox.park(parking).await;
+}
