@@ -42,9 +42,7 @@ pub enum Command {
 
 /// Runs `status`; returns what to print.
 pub async fn status(config: &DispatcherConfig, json: bool) -> anyhow::Result<String> {
-    let redis =
-        config.redis_url.as_ref().map(|url| (url.expose().as_str(), config.redis_key_prefix.as_str()));
-    let status = crate::status::status(&config.amqp, redis).await?;
+    let status = crate::status::status(&config.common.amqp, config.common.redis.as_ref()).await?;
     if json {
         Ok(serde_json::to_string_pretty(&status)?)
     } else {
@@ -90,7 +88,7 @@ pub enum DeadCommand {
 /// Runs a `dead` subcommand; returns what to print.
 pub async fn dead(config: &DispatcherConfig, command: DeadCommand) -> anyhow::Result<String> {
     use crate::dead::{self, Selection};
-    let amqp = &config.amqp;
+    let amqp = &config.common.amqp;
     match command {
         DeadCommand::List { limit, json } => {
             let letters = dead::list(amqp, limit).await?;
@@ -192,7 +190,8 @@ pub async fn send(config: &DispatcherConfig, args: SendArgs) -> anyhow::Result<S
         None => flags_document(&args)?,
     };
     let request = SendRequest::from_value(document).context("the request is not valid")?;
-    let publisher = Publisher::new(config.amqp.clone(), "tg-dispatcher send", config.publish_timeout, 1);
+    let publisher =
+        Publisher::new(config.common.amqp.clone(), "tg-dispatcher send", config.publish_timeout, 1);
     let published = publisher.publish_request(&request, crate::http::APP_ID).await;
     publisher.close().await;
     published.with_context(|| format!("the broker did not confirm request {}", request.id()))?;

@@ -3,23 +3,35 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{AmqpSettings, ConfigError, EnvSource, LogFormat, Secret};
+use shared::config::{CommonSettings, ConfigError, EnvSource, Secret};
 
 /// Where `serve` listens when `DISPATCHER_LISTEN` is unset.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How long a publish may wait for the broker's confirm before the request is answered 503.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest body of `POST /v1/messages`; larger bodies are answered 413.
-pub const MAX_SINGLE_BODY_BYTES: usize = 256 * 1024;
+/// Largest body of `POST /v1/messages`, and of one item of a batch; larger ones are answered 413.
+pub const MAX_SINGLE_BODY_BYTES: usize = shared::wire::MAX_REQUEST_BYTES;
 /// Largest body of `POST /v1/messages/batch`.
 pub const MAX_BATCH_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Most requests in one batch.
 pub const MAX_BATCH_ITEMS: usize = 1000;
+/// How long a client may take to send a request's headers (`DISPATCHER_HEADER_TIMEOUT_SECS`).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body (`DISPATCHER_BODY_TIMEOUT_SECS`).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a keep-alive connection may stay idle between requests (`DISPATCHER_IDLE_TIMEOUT_SECS`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Most client connections open at once (`DISPATCHER_MAX_CONNECTIONS`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Shortest API key, in characters.
+pub const MIN_API_KEY_CHARS: usize = 16;
 
 /// Everything `tg-dispatcher` needs.
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
-    pub amqp: AmqpSettings,
+    /// The broker, Redis (read by `status`), the log format, the shutdown timeout and the stall
+    /// threshold.
+    pub common: CommonSettings,
     /// Address `serve` binds (`DISPATCHER_LISTEN`); port 0 picks a free port (tests).
     pub listen: SocketAddr,
     /// Accepted bearer keys (`DISPATCHER_API_KEYS`, comma-separated); empty means no auth, which is
@@ -27,17 +39,49 @@ pub struct DispatcherConfig {
     pub api_keys: Vec<Secret<String>>,
     /// Bound on send + confirm for one publish (`DISPATCHER_PUBLISH_TIMEOUT_SECS`).
     pub publish_timeout: Duration,
-    /// Time allowed to finish in-flight requests on shutdown (`SHUTDOWN_TIMEOUT_SECS`).
-    pub shutdown_timeout: Duration,
-    /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
-    pub stall_warn: Duration,
-    pub log_format: LogFormat,
     /// How this instance names itself in logs (`DISPATCHER_NAME`, default the host name).
     pub instance: String,
-    /// Redis of the workers' shared budgets, for `status` (`REDIS_URL`).
-    pub redis_url: Option<Secret<String>>,
-    /// Key prefix of the shared budgets (`REDIS_KEY_PREFIX`, default `tgd`).
-    pub redis_key_prefix: String,
+    /// Limits on what one client connection may hold.
+    pub connections: ConnectionLimits,
+}
+
+/// What one client may hold of the server: each bound is enforced before the key check, so that
+/// nobody who can reach the port can pin sockets or memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a connection's first byte (or the end of its last request) to the end of the next
+    /// request's headers (`DISPATCHER_HEADER_TIMEOUT_SECS`).
+    pub header_timeout: Duration,
+    /// From the end of the headers to the end of the body (`DISPATCHER_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in progress for this long is closed
+    /// (`DISPATCHER_IDLE_TIMEOUT_SECS`).
+    pub idle_timeout: Duration,
+    /// Connections open at once (`DISPATCHER_MAX_CONNECTIONS`); past it, new ones wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        let positive = |var: &'static str, default: Duration| {
+            let value = env.secs_or(var, default)?;
+            if value.is_zero() {
+                return Err(ConfigError::new(var, "must be at least 1"));
+            }
+            Ok(value)
+        };
+        let max_connections = env.parse_or("DISPATCHER_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?;
+        if max_connections == 0 {
+            return Err(ConfigError::new("DISPATCHER_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        Ok(Self {
+            header_timeout: positive("DISPATCHER_HEADER_TIMEOUT_SECS", DEFAULT_HEADER_TIMEOUT)?,
+            body_timeout: positive("DISPATCHER_BODY_TIMEOUT_SECS", DEFAULT_BODY_TIMEOUT)?,
+            idle_timeout: positive("DISPATCHER_IDLE_TIMEOUT_SECS", DEFAULT_IDLE_TIMEOUT)?,
+            max_connections,
+        })
+    }
 }
 
 impl DispatcherConfig {
@@ -56,10 +100,10 @@ impl DispatcherConfig {
                     .collect()
             })
             .unwrap_or_default();
-        if api_keys.iter().any(|k| k.expose().len() < 16) {
+        if api_keys.iter().any(|k| k.expose().chars().count() < MIN_API_KEY_CHARS) {
             return Err(ConfigError::new(
                 "DISPATCHER_API_KEYS",
-                "every key must be at least 16 characters (keys are not shown)",
+                format!("every key must be at least {MIN_API_KEY_CHARS} characters (keys are not shown)"),
             ));
         }
         let publish_timeout = env.secs_or("DISPATCHER_PUBLISH_TIMEOUT_SECS", DEFAULT_PUBLISH_TIMEOUT)?;
@@ -67,21 +111,14 @@ impl DispatcherConfig {
             return Err(ConfigError::new("DISPATCHER_PUBLISH_TIMEOUT_SECS", "must be at least 1"));
         }
         Ok(Self {
-            amqp: AmqpSettings::from_env(env)?,
+            common: CommonSettings::from_env(env)?,
             listen,
             api_keys,
             publish_timeout,
-            shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", Duration::from_secs(25))?,
-            stall_warn: Duration::from_millis(env.parse_or(
-                "RUNTIME_STALL_WARN_MS",
-                shared::watchdog::DEFAULT_STALL_WARN.as_millis() as u64,
-            )?),
-            log_format: LogFormat::from_env(env)?,
             instance: env
                 .non_empty("DISPATCHER_NAME")
                 .unwrap_or_else(|| shared::telemetry::hostname("dispatcher")),
-            redis_url: env.non_empty("REDIS_URL").map(Secret::new),
-            redis_key_prefix: env.non_empty("REDIS_KEY_PREFIX").unwrap_or_else(|| "tgd".to_string()),
+            connections: ConnectionLimits::from_env(env)?,
         })
     }
 
@@ -124,11 +161,21 @@ mod tests {
             ("DISPATCHER_API_KEYS", "short"),
             ("DISPATCHER_PUBLISH_TIMEOUT_SECS", "0"),
             ("SHUTDOWN_TIMEOUT_SECS", "-1"),
+            ("DISPATCHER_HEADER_TIMEOUT_SECS", "0"),
+            ("DISPATCHER_MAX_CONNECTIONS", "0"),
         ] {
             let env: HashMap<&str, &str> = [(var, value)].into();
             let err = DispatcherConfig::from_env(&env).unwrap_err();
             assert_eq!(err.var, var);
             assert!(!err.to_string().contains("short"), "keys are never echoed: {err}");
         }
+    }
+
+    #[test]
+    fn a_key_is_long_enough_by_its_characters_not_its_bytes() {
+        let env: HashMap<&str, &str> = [("DISPATCHER_API_KEYS", "ключ-ключ-ключ-")].into();
+        assert_eq!(DispatcherConfig::from_env(&env).unwrap_err().var, "DISPATCHER_API_KEYS", "15 characters");
+        let env: HashMap<&str, &str> = [("DISPATCHER_API_KEYS", "ключ-ключ-ключ-к")].into();
+        assert!(DispatcherConfig::from_env(&env).is_ok(), "16 characters (30 bytes)");
     }
 }

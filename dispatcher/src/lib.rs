@@ -7,14 +7,13 @@ pub mod cli;
 pub mod config;
 pub mod dead;
 pub mod http;
+pub mod server;
 pub mod status;
 
-use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use shared::amqp::Publisher;
 use shared::shutdown::Shutdown;
 use tokio::net::TcpListener;
@@ -42,9 +41,13 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let publisher =
-            Publisher::new(config.amqp.clone(), "tg-dispatcher", config.publish_timeout, PUBLISH_CHANNELS);
-        let state = http::AppState::new(publisher, config.api_keys.clone());
+        let publisher = Publisher::new(
+            config.common.amqp.clone(),
+            "tg-dispatcher",
+            config.publish_timeout,
+            PUBLISH_CHANNELS,
+        );
+        let state = http::AppState::new(publisher, config.api_keys.clone(), config.connections.body_timeout);
         Ok(Self { listener, state, config })
     }
 
@@ -54,12 +57,13 @@ impl Application {
     }
 
     /// Serves until `shutdown` fires, then stops accepting and lets in-flight requests finish,
-    /// within the shutdown timeout.
+    /// within the shutdown timeout (cut short by a second signal).
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
+        let common = &self.config.common;
         tracing::info!(
             %addr,
-            amqp = %self.config.amqp.display_url(),
+            amqp = %common.amqp.display_url(),
             exchange = %self.state.publisher.topology().send_exchange(),
             auth = if self.config.api_keys.is_empty() { "none (loopback only)" } else { "bearer keys" },
             "dispatcher listening"
@@ -69,47 +73,37 @@ impl Application {
             tracing::warn!(%error, "broker not reachable yet; answering 503 until it is");
         }
         let publisher = Arc::clone(&self.state.publisher);
-        let watchdog_stop = tokio_util::sync::CancellationToken::new();
+        let helpers_stop = tokio_util::sync::CancellationToken::new();
         let stalls = Arc::new(shared::watchdog::StallStats::default());
-        let watchdog =
-            tokio::spawn(shared::watchdog::run(self.config.stall_warn, stalls, watchdog_stop.clone()));
-        let upkeep = tokio::spawn(shared::metrics::run_upkeep(watchdog_stop.clone()));
-        let graceful = shutdown.clone();
-        // An answer that spans several segments (a batch's 207, say) could otherwise hold its last
-        // one until the client acknowledges the ones before (Nagle), and clients may delay that ACK.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-            }
-        });
-        let service =
-            axum::ServiceExt::<axum::extract::Request>::into_make_service(http::HttpService::new(self.state));
-        let server =
-            axum::serve(listener, service).with_graceful_shutdown(async move { graceful.requested().await });
-        // The accept loop runs as a task of its own, on the runtime's worker threads, not in
-        // `block_on`'s future (main.rs), which tokio polls on the main thread: there each accepted
-        // connection had to wake the main thread, and its task went through the runtime's shared
-        // queue (BENCHMARKS.md, session 12). Aborted when this future drops it, as before.
-        let server = AbortOnDropHandle::new(tokio::spawn(server.into_future()));
-        let timeout = self.config.shutdown_timeout;
-        let outcome = tokio::select! {
-            result = server => match result {
-                Ok(served) => served.context("HTTP server failed"),
-                Err(error) => Err(anyhow::anyhow!("the HTTP server task failed: {error}")),
-            },
-            _ = async {
-                shutdown.requested().await;
+        let watchdog = tokio::spawn(shared::watchdog::run(common.stall_warn, stalls, helpers_stop.clone()));
+        let upkeep = tokio::spawn(shared::metrics::run_upkeep(helpers_stop.clone()));
+        let timeout = common.shutdown_timeout;
+        let (stop, give_up) = (shutdown.clone(), shutdown);
+        let serving = server::serve(
+            self.listener,
+            http::router(self.state),
+            self.config.connections,
+            async move { stop.requested().await },
+            async move {
                 tokio::select! {
                     _ = tokio::time::sleep(timeout) => {}
-                    _ = shutdown.immediate() => {}
+                    _ = give_up.immediate() => {}
                 }
-            } => Err(anyhow::anyhow!("in-flight requests did not finish within {timeout:?}")),
-        };
+            },
+        );
+        // The accept loop runs as a task of its own, on the runtime's worker threads, not in
+        // `block_on`'s future (main.rs), which tokio polls on the main thread. Aborted when this
+        // future drops it.
+        let finished = AbortOnDropHandle::new(tokio::spawn(serving)).await;
         publisher.close().await;
-        watchdog_stop.cancel();
+        helpers_stop.cancel();
         let _ = watchdog.await;
         let _ = upkeep.await;
         tracing::info!("dispatcher stopped");
-        outcome
+        match finished {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(anyhow::anyhow!("in-flight requests did not finish within {timeout:?}")),
+            Err(error) => Err(anyhow::anyhow!("the HTTP server task failed: {error}")),
+        }
     }
 }

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     }
-    let _log_guard = shared::telemetry::init(config.log_format, &config.instance);
+    let _log_guard = shared::telemetry::init(config.common.log_format, &config.instance);
 
     // The one runtime of this process, built here and nowhere else (clippy.toml forbids it elsewhere).
     #[allow(clippy::disallowed_methods)]

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use deadpool_redis::redis;
 use serde::Serialize;
 use shared::amqp::{connect, inspect_queue};
-use shared::config::AmqpSettings;
+use shared::config::{AmqpSettings, RedisSettings};
+use shared::redis_keys::{parse_budget_key, BotKeys, BudgetKey};
 use shared::topology::{Topology, DELAY_TIERS};
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,12 +42,13 @@ pub struct Status {
     pub redis_error: Option<String>,
 }
 
-pub async fn status(amqp: &AmqpSettings, redis: Option<(&str, &str)>) -> anyhow::Result<Status> {
+pub async fn status(amqp: &AmqpSettings, redis: Option<&RedisSettings>) -> anyhow::Result<Status> {
     let queues = queues(amqp).await?;
     let (budgets, redis_error) = match redis {
         None => (None, None),
-        Some((url, namespace)) => {
-            match tokio::time::timeout(Duration::from_secs(5), budgets(url, namespace)).await {
+        Some(redis) => {
+            let reading = budgets(redis.url.expose(), &redis.key_prefix);
+            match tokio::time::timeout(Duration::from_secs(5), reading).await {
                 Ok(Ok(bots)) => (Some(bots), None),
                 Ok(Err(error)) => (None, Some(format!("{error:#}"))),
                 Err(_) => (None, Some("Redis did not answer within 5 s".into())),
@@ -81,9 +83,7 @@ async fn queues(amqp: &AmqpSettings) -> anyhow::Result<Vec<QueueStatus>> {
     Ok(out)
 }
 
-/// Reads the shared budgets' keys (layout in worker/src/budgets.rs: `{ns}:{bot_id}:g` holds the
-/// global budget's TAT in µs on Redis's clock, `:pb` the bot pause, `:c:{chat}` / `:pc:{chat}` the
-/// chats' budgets and pauses).
+/// Reads the shared budgets' keys (layout: `shared::redis_keys`).
 async fn budgets(url: &str, namespace: &str) -> anyhow::Result<Vec<BotStatus>> {
     let client = redis::Client::open(url).context("invalid REDIS_URL")?;
     let mut connection =
@@ -91,27 +91,27 @@ async fn budgets(url: &str, namespace: &str) -> anyhow::Result<Vec<BotStatus>> {
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut connection).await?;
     let now = seconds * 1_000_000 + micros;
     let keys = scan(&mut connection, &format!("{namespace}:*")).await?;
-    let mut bot_ids: Vec<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(&format!("{namespace}:"))?.split(':').next().map(str::to_string))
-        .collect();
-    bot_ids.sort();
+    let parsed: Vec<(&str, BudgetKey)> = keys.iter().filter_map(|k| parse_budget_key(namespace, k)).collect();
+    let mut bot_ids: Vec<&str> = parsed.iter().map(|(bot_id, _)| *bot_id).collect();
+    bot_ids.sort_unstable();
     bot_ids.dedup();
     let mut bots = Vec::new();
     for bot_id in bot_ids {
-        let prefix = format!("{namespace}:{bot_id}:");
-        let get = |suffix: &str| format!("{prefix}{suffix}");
-        let global: Option<String> = redis::cmd("GET").arg(get("g")).query_async(&mut connection).await?;
-        let pause: Option<String> = redis::cmd("GET").arg(get("pb")).query_async(&mut connection).await?;
+        let bot_keys = BotKeys::new(namespace, bot_id);
+        let global: Option<String> =
+            redis::cmd("GET").arg(bot_keys.global(false)).query_async(&mut connection).await?;
+        let pause: Option<String> =
+            redis::cmd("GET").arg(bot_keys.bot_pause()).query_async(&mut connection).await?;
         let until = |value: Option<String>| {
             value.and_then(|v| v.parse::<u64>().ok()).map_or(0, |t| t.saturating_sub(now) / 1000)
         };
+        let count = |kind: BudgetKey| parsed.iter().filter(|(id, k)| *id == bot_id && *k == kind).count();
         bots.push(BotStatus {
             next_global_slot_ms: until(global),
             paused_ms: until(pause),
-            active_chats: keys.iter().filter(|k| k.starts_with(&get("c:"))).count(),
-            paused_chats: keys.iter().filter(|k| k.starts_with(&get("pc:"))).count(),
-            bot_id,
+            active_chats: count(BudgetKey::ChatSlots),
+            paused_chats: count(BudgetKey::ChatPause),
+            bot_id: bot_id.to_string(),
         });
     }
     Ok(bots)

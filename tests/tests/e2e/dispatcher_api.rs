@@ -195,7 +195,7 @@ async fn while_the_broker_is_unreachable_sends_get_503_and_readiness_fails() {
     // A port nothing listens on: the dispatcher must never answer 202.
     let env = TestEnv::new().await;
     let mut config = env.dispatcher_config(&[("DISPATCHER_PUBLISH_TIMEOUT_SECS", "2")]);
-    config.amqp =
+    config.common.amqp =
         shared::config::AmqpSettings::new("amqp://guest:guest@127.0.0.1:1/%2f", &env.prefix).unwrap();
     let dispatcher = spawn_dispatcher(config).await;
     let (status, body) = dispatcher.post_json("/v1/messages", &message(1, "x"), None).await;

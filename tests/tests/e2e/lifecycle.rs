@@ -205,7 +205,7 @@ async fn while_the_broker_is_unreachable_the_dispatcher_answers_503_then_recover
     let env = TestEnv::new().await;
     let proxy = FaultProxy::start(rabbit_addr()).await.expect("proxy");
     let mut config = env.dispatcher_config(&[("DISPATCHER_PUBLISH_TIMEOUT_SECS", "2")]);
-    config.amqp = shared::config::AmqpSettings::new(&proxy.amqp_url(), &env.prefix).unwrap();
+    config.common.amqp = shared::config::AmqpSettings::new(&proxy.amqp_url(), &env.prefix).unwrap();
     let dispatcher = spawn_dispatcher(config).await;
     let message = |n: usize| json!({"id": format!("d-{n}"), "method": "sendMessage", "params": {"chat_id": 7, "text": "x"}});
     let mut accepted = Vec::new();

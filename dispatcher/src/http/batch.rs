@@ -1,0 +1,133 @@
+//! `POST /v1/messages/batch`: a JSON array of 1 to 1000 requests. Each item is validated and
+//! published on its own, as it came; the answer lists every item's fate (`202` with its id, `400`
+//! or `413` with the error, `503`), with status 202 when every item was accepted and 207 otherwise.
+//!
+//! The array is split without building its items: each is kept as the slice of the body it spans,
+//! and splitting stops at item 1001, so the memory a batch takes is bounded by the body limit
+//! whatever it holds.
+
+use std::fmt;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::future::join_all;
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+use serde_json::json;
+use serde_json::value::RawValue;
+use shared::wire::SendRequest;
+
+use super::{read_body, ApiError, AppState, APP_ID};
+use crate::config::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_SINGLE_BODY_BYTES};
+
+pub(super) async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&state, body, MAX_BATCH_BODY_BYTES).await?;
+    let items = batch_items(&body)?;
+    let publisher = &state.publisher;
+    let results = join_all(items.into_iter().enumerate().map(|(index, item)| async move {
+        let document = item.get().as_bytes();
+        if document.len() > MAX_SINGLE_BODY_BYTES {
+            let error = ApiError::TooLarge(MAX_SINGLE_BODY_BYTES);
+            return json!({"index": index, "status": 413, "error": error.body()});
+        }
+        let request = match SendRequest::from_json(document) {
+            Ok(request) => request,
+            Err(e) => {
+                return json!({"index": index, "status": 400,
+                    "error": {"code": e.code, "message": e.message, "field": e.field}})
+            }
+        };
+        match publisher.publish_document(&request, document, APP_ID).await {
+            Ok(()) => json!({"index": index, "status": 202, "id": request.id()}),
+            Err(error) => {
+                let error = ApiError::Unavailable(error);
+                json!({"index": index, "status": 503, "id": request.id(), "error": error.body()})
+            }
+        }
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r["status"] == 202).count();
+    let status = if accepted == results.len() { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
+    let body = json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results});
+    Ok((status, Json(body)).into_response())
+}
+
+/// The items of a batch, each as its own JSON text. Splitting checks the JSON's syntax, not what
+/// only parsing finds (a number out of range, a lone surrogate escape): those fail their own item,
+/// as they would a single request.
+fn batch_items(body: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    match serde_json::from_slice::<Items<'_>>(body) {
+        Ok(Items(items)) if items.is_empty() => {
+            Err(ApiError::invalid(format!("holds no request; a batch holds 1 to {MAX_BATCH_ITEMS}")))
+        }
+        Ok(Items(items)) => Ok(items),
+        Err(e) if e.to_string().starts_with(TOO_MANY) => Err(ApiError::invalid(format!(
+            "holds more than {MAX_BATCH_ITEMS} requests; a batch holds 1 to {MAX_BATCH_ITEMS}"
+        ))),
+        // Well-formed JSON of the wrong shape: an object, a string, ...
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            Err(ApiError::invalid("must be a JSON array of send requests"))
+        }
+        Err(e) => Err(ApiError::invalid(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// The error a split stops with at item [`MAX_BATCH_ITEMS`] + 1.
+const TOO_MANY: &str = "too many items";
+
+/// At most [`MAX_BATCH_ITEMS`] items, each borrowed from the body.
+struct Items<'a>(Vec<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for Items<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemsVisitor;
+
+        impl<'de> Visitor<'de> for ItemsVisitor {
+            type Value = Items<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON array of send requests")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'de>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    if items.len() == MAX_BATCH_ITEMS {
+                        return Err(de::Error::custom(TOO_MANY));
+                    }
+                    items.push(item);
+                }
+                Ok(Items(items))
+            }
+        }
+
+        deserializer.deserialize_seq(ItemsVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_stops_at_the_first_item_past_the_limit() {
+        let within = format!("[{}1]", "1,".repeat(MAX_BATCH_ITEMS - 1));
+        assert_eq!(batch_items(within.as_bytes()).unwrap().len(), MAX_BATCH_ITEMS);
+        // Eight million items: refused at item 1001, before the rest is even looked at (the tail
+        // is not valid JSON, and the answer does not say so).
+        let huge = format!("[{}", "1,".repeat(8_000_000));
+        let err = batch_items(huge.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("more than 1000"), "{err}");
+    }
+
+    #[test]
+    fn items_keep_their_text_and_bad_shapes_are_named() {
+        let items = batch_items(br#"[ {"a": 1} , "x",[2]]"#).unwrap();
+        assert_eq!(items.iter().map(|i| i.get()).collect::<Vec<_>>(), [r#"{"a": 1}"#, r#""x""#, "[2]"]);
+        assert!(batch_items(b"[]").unwrap_err().to_string().contains("no request"));
+        assert!(batch_items(b"{}").unwrap_err().to_string().contains("must be a JSON array"));
+        assert!(batch_items(b"[1,").unwrap_err().to_string().contains("not valid JSON"));
+    }
+}
