@@ -130,6 +130,9 @@ impl DeadQueue {
                     _ => break,
                 }
             }
+            // Every channel before the connection: closing the connection under an open channel
+            // makes lapin log an error.
+            let _ = channel.close(200, "done".into()).await;
         }
         let _ = self.connection.close(200, "done".into()).await;
     }

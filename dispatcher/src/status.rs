@@ -79,6 +79,8 @@ async fn queues(amqp: &AmqpSettings) -> anyhow::Result<Vec<QueueStatus>> {
             consumers: queue.consumer_count(),
         });
     }
+    // The channel first: closing the connection under an open channel makes lapin log an error.
+    let _ = channel.close(200, "status".into()).await;
     let _ = connection.close(200, "status".into()).await;
     Ok(out)
 }

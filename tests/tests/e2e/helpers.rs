@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::Duration;
 
 use dispatcher::{Application, DispatcherConfig};
@@ -15,6 +16,7 @@ use shared::config::AmqpSettings;
 use shared::shutdown::Shutdown;
 use shared::topology::Topology;
 use tests::sandbox::{Sandbox, SandboxConfig};
+use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use worker::{RunSummary, Worker, WorkerConfig};
@@ -387,4 +389,48 @@ pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
         lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
     }
+}
+
+/// Starts the real worker binary with the test's environment plus `extra`.
+pub fn start_worker_process(env: &TestEnv, extra: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tg-worker-e2e"));
+    command.env_clear().envs(env.worker_env()).env("RUST_LOG", "info,lapin=warn");
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    command.spawn().expect("the worker binary starts")
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status =
+        std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Sends SIGTERM and waits up to 15 s for the process to exit: its exit status and its log.
+pub async fn terminate(worker: Child) -> (std::process::ExitStatus, String) {
+    signal(&worker, "TERM");
+    let output = tokio::time::timeout(Duration::from_secs(15), worker.wait_with_output())
+        .await
+        .expect("exits within the shutdown timeout")
+        .expect("exit status");
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// A free port on 127.0.0.1, for a process of the test's own that must listen on a known port.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").port()
+}
+
+/// The value of a Prometheus sample line that starts with `series` (name and labels), or 0.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -3,16 +3,17 @@
 //! go to the real worker binary; connection cuts go through a TCP fault proxy.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use tests::faultproxy::FaultProxy;
 use tests::sandbox::{Sandbox, SandboxConfig};
-use tokio::process::{Child, Command};
 
-use crate::helpers::{amqp_url, eventually, send, spawn_dispatcher, spawn_worker_hooked, TestEnv, DEADLINE};
+use crate::helpers::{
+    amqp_url, eventually, send, signal, spawn_dispatcher, spawn_worker_hooked, start_worker_process,
+    terminate, TestEnv, DEADLINE,
+};
 
 /// How many times the sandbox received each id (requests carry their id in the text).
 fn ledger(sandbox: &Sandbox) -> HashMap<String, usize> {
@@ -38,34 +39,6 @@ fn lost_and_duplicated(ids: &[String], seen: &HashMap<String, usize>) -> (Vec<St
     let lost = ids.iter().filter(|id| !seen.contains_key(*id)).cloned().collect();
     let duplicates = seen.values().map(|n| n.saturating_sub(1)).sum();
     (lost, duplicates)
-}
-
-/// Starts the real worker binary with the test's environment plus `extra`.
-fn start_worker_process(env: &TestEnv, extra: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tg-worker-e2e"));
-    command.env_clear().envs(env.worker_env()).env("RUST_LOG", "info,lapin=warn");
-    for (k, v) in extra {
-        command.env(k, v);
-    }
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    command.spawn().expect("the worker binary starts")
-}
-
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status =
-        std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("kill runs");
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
-/// Sends SIGTERM and waits up to 15 s for the process to exit: its exit status and its log.
-async fn terminate(worker: Child) -> (std::process::ExitStatus, String) {
-    signal(&worker, "TERM");
-    let output = tokio::time::timeout(Duration::from_secs(15), worker.wait_with_output())
-        .await
-        .expect("exits within the shutdown timeout")
-        .expect("exit status");
-    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// The worker turns transparent huge pages off for itself (its `main.rs`): with them, mimalloc's

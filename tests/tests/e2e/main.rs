@@ -12,6 +12,7 @@ mod delivery;
 mod deploy;
 mod dispatcher_api;
 mod failures;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod pacing;

@@ -66,9 +66,9 @@ async fn a_busy_chat_never_holds_up_other_chats_and_drains_in_order_through_dela
     // plus many other chats; a small prefetch, so holding the busy chat's deliveries would starve
     // everyone else.
     let env =
-        TestEnv::with_sandbox(SandboxConfig { limits: Some(limits(100, 10, 600)), ..Default::default() })
+        TestEnv::with_sandbox(SandboxConfig { limits: Some(limits(100, 5, 600)), ..Default::default() })
             .await;
-    for n in 0..60 {
+    for n in 0..40 {
         send(&env, &format!("busy-{n}"), json!({"chat_id": 5, "text": format!("b{n}")})).await;
     }
     for chat in 0..100 {
@@ -77,31 +77,33 @@ async fn a_busy_chat_never_holds_up_other_chats_and_drains_in_order_through_dela
     let worker = env
         .spawn_worker_with(env.worker_config_with(&[
             ("RATE_GLOBAL_PER_SEC", "100"),
-            ("RATE_CHAT_PER_SEC", "10"),
+            ("RATE_CHAT_PER_SEC", "5"),
             ("WORKER_PREFETCH", "20"),
             ("RATE_MAX_HOLD_SECS", "1"),
         ]))
         .await;
 
-    let busy = env.delivered_to("5", 60).await;
+    let busy = env.delivered_to("5", 40).await;
     let received = env.sandbox.received();
     let others: Vec<u64> = received.iter().filter(|m| m.chat_id != "5").map(|m| m.received_at_ms).collect();
     assert_eq!(others.len(), 100, "every other chat delivered, once");
     let last_other = others.iter().max().copied().unwrap_or(0);
-    // The busy chat needs ≥ 5.9 s at 10/s; the others are done long before its middle.
+    // The busy chat needs ≥ 7.8 s at 5/s; the others are done long before its middle.
     assert!(
-        last_other < busy[30].received_at_ms,
-        "other chats waited behind the busy one: last other at {last_other}, busy #30 at {}",
-        busy[30].received_at_ms
+        last_other < busy[20].received_at_ms,
+        "other chats waited behind the busy one: last other at {last_other}, busy #20 at {}",
+        busy[20].received_at_ms
     );
     let texts: Vec<String> = busy.iter().filter_map(|m| m.text.clone()).collect();
-    assert_eq!(texts, (0..60).map(|n| format!("b{n}")).collect::<Vec<_>>(), "drained in order");
+    assert_eq!(texts, (0..40).map(|n| format!("b{n}")).collect::<Vec<_>>(), "drained in order");
+    // Spacing at the sandbox, which also sees each call's network and scheduling jitter: at
+    // least half the nominal 200 ms (the sandbox's own 429s check the limit itself).
     let gaps: Vec<u64> = busy.windows(2).map(|w| w[1].received_at_ms - w[0].received_at_ms).collect();
-    assert!(gaps.iter().all(|g| *g >= 50), "per-chat spacing kept (100 ms nominal): {gaps:?}");
+    assert!(gaps.iter().all(|g| *g >= 100), "per-chat spacing kept (200 ms nominal): {gaps:?}");
     assert_eq!(env.sandbox.stats().rate_limited, 0);
     let summary = worker.stop().await;
     assert!(summary.parked > 0, "long waits were parked, not held: {summary:?}");
-    assert_eq!(summary.delivered, 160);
+    assert_eq!(summary.delivered, 140);
 }
 
 #[tokio::test]
