@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use shared::amqp::Publisher;
-use shared::wire::SendRequest;
+use shared::wire::upload::{FilePart, Parts, Upload};
+use shared::wire::{SendRequest, ATTACH};
 use tokio::io::AsyncReadExt;
 
 use crate::DispatcherConfig;
@@ -167,8 +168,17 @@ pub struct SendArgs {
     #[arg(long, allow_hyphen_values = true, required_unless_present = "json", conflicts_with = "json")]
     pub chat_id: Option<String>,
     /// Message text (sendMessage).
-    #[arg(long, required_unless_present = "json", conflicts_with = "json")]
+    #[arg(long, required_unless_present_any = ["json", "photo", "document"], conflicts_with_all = ["json", "photo", "document"])]
     pub text: Option<String>,
+    /// A photo to upload (sendPhoto).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["json", "document"])]
+    pub photo: Option<PathBuf>,
+    /// A file to upload (sendDocument).
+    #[arg(long, value_name = "PATH", conflicts_with = "json")]
+    pub document: Option<PathBuf>,
+    /// The caption of a photo or document.
+    #[arg(long, conflicts_with_all = ["json", "text"])]
+    pub caption: Option<String>,
     /// HTML, MarkdownV2 or Markdown.
     #[arg(long, conflicts_with = "json")]
     pub parse_mode: Option<String>,
@@ -183,19 +193,72 @@ pub struct SendArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Builds, validates and publishes the request; returns its id.
+/// The part name an uploaded file is sent under.
+const FILE_PART: &str = "file";
+
+/// Builds, validates and publishes the request (with its file, for `--photo` / `--document`);
+/// returns its id.
 pub async fn send(config: &DispatcherConfig, args: SendArgs) -> anyhow::Result<String> {
     let document = match &args.json {
         Some(path) => read_document(path).await?,
         None => flags_document(&args)?,
     };
-    let request = SendRequest::from_value(document).context("the request is not valid")?;
     let publisher =
         Publisher::new(config.common.amqp.clone(), "tg-dispatcher send", config.publish_timeout, 1);
-    let published = publisher.publish_request(&request, crate::http::APP_ID).await;
+    let published = match args.photo.as_ref().or(args.document.as_ref()) {
+        None => {
+            let request = SendRequest::from_value(document).context("the request is not valid")?;
+            let published = publisher.publish_request(&request, crate::http::APP_ID).await;
+            published.map(|()| request.id().to_string())
+        }
+        Some(path) => {
+            let upload = upload(config, document, path).await?;
+            let (content_type, body) = upload.encode();
+            let published =
+                publisher.publish_upload(&upload.request, &content_type, &body, crate::http::APP_ID).await;
+            published.map(|()| upload.request.id().to_string())
+        }
+    };
     publisher.close().await;
-    published.with_context(|| format!("the broker did not confirm request {}", request.id()))?;
-    Ok(request.id().to_string())
+    published.context("the broker did not confirm the request")
+}
+
+/// The request and the file at `path`, as one upload.
+async fn upload(config: &DispatcherConfig, document: Value, path: &PathBuf) -> anyhow::Result<Upload> {
+    let bytes = tokio::fs::read(path).await.with_context(|| format!("failed to read {}", path.display()))?;
+    let limit = config.common.max_upload_bytes;
+    if bytes.len() > limit {
+        anyhow::bail!(
+            "{} is {} bytes; an upload carries at most {limit} (DISPATCHER_MAX_UPLOAD_BYTES)",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let file_name =
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| FILE_PART.into());
+    let file = FilePart {
+        name: FILE_PART.into(),
+        content_type: Some(content_type_of(&file_name).into()),
+        file_name,
+        bytes: bytes.into(),
+    };
+    let parts = Parts { document: serde_json::to_vec(&document)?.into(), files: vec![file] };
+    Upload::from_parts(parts, shared::wire::new_request_id).context("the request is not valid")
+}
+
+/// A content type for a file, from its extension.
+fn content_type_of(file_name: &str) -> &'static str {
+    let extension = file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match extension.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "mp4" => "video/mp4",
+        "txt" => "text/plain",
+        _ => "application/octet-stream",
+    }
 }
 
 async fn read_document(path: &PathBuf) -> anyhow::Result<Value> {
@@ -213,11 +276,27 @@ fn flags_document(args: &SendArgs) -> anyhow::Result<Value> {
     let chat_id = chat_id.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(chat_id));
     let mut params = Map::new();
     params.insert("chat_id".into(), chat_id);
-    params.insert("text".into(), json!(args.text.as_deref().context("--text is required")?));
+    let method = match (&args.photo, &args.document) {
+        (Some(_), _) => {
+            params.insert("photo".into(), json!(format!("{ATTACH}{FILE_PART}")));
+            "sendPhoto"
+        }
+        (None, Some(_)) => {
+            params.insert("document".into(), json!(format!("{ATTACH}{FILE_PART}")));
+            "sendDocument"
+        }
+        (None, None) => {
+            params.insert("text".into(), json!(args.text.as_deref().context("--text is required")?));
+            "sendMessage"
+        }
+    };
+    if let Some(caption) = &args.caption {
+        params.insert("caption".into(), json!(caption));
+    }
     if let Some(mode) = &args.parse_mode {
         params.insert("parse_mode".into(), json!(mode));
     }
-    let mut document = json!({"method": "sendMessage", "params": params});
+    let mut document = json!({"method": method, "params": params});
     if let Some(bot) = &args.bot {
         document["bot"] = json!(bot);
     }

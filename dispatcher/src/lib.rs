@@ -47,7 +47,12 @@ impl Application {
             config.publish_timeout,
             PUBLISH_CHANNELS,
         );
-        let state = http::AppState::new(publisher, config.api_keys.clone(), config.connections.body_timeout);
+        let state = http::AppState::new(
+            publisher,
+            config.api_keys.clone(),
+            config.connections.body_timeout,
+            config.common.max_upload_bytes,
+        );
         Ok(Self { listener, state, config })
     }
 

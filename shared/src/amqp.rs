@@ -289,6 +289,27 @@ impl Publisher {
         .await
     }
 
+    /// Publishes an upload (a request with its files, `multipart/form-data` of content type
+    /// `content_type`) to the upload exchange, routed by its bot alias, with its id as the AMQP
+    /// `message_id`. Returns once the broker confirmed it.
+    pub async fn publish_upload(
+        &self,
+        request: &SendRequest,
+        content_type: &str,
+        body: &[u8],
+        app_id: &str,
+    ) -> Result<(), PublishError> {
+        let exchange = self.topology.upload_exchange();
+        self.publish(Outgoing {
+            exchange: &exchange,
+            mandatory: true,
+            routing_key: request.bot(),
+            body,
+            properties: request_properties(request, app_id).with_content_type(content_type.into()),
+        })
+        .await
+    }
+
     /// Messages ready in `queue` (a passive declare), or `None` if the broker cannot say now.
     pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
         let link = self.link().await.ok()?;
@@ -297,10 +318,16 @@ impl Publisher {
         Some(declared.message_count())
     }
 
-    /// Closes the connection cleanly (in-flight publishes fail). Further calls reconnect.
+    /// Closes the channels and the connection cleanly (in-flight publishes fail). Further calls
+    /// reconnect.
     pub async fn close(&self) {
         let link = self.lock_current().take();
         if let Some(link) = link {
+            // The channels first: closing the connection under open channels makes lapin log an
+            // error for each.
+            for channel in &link.channels {
+                let _ = channel.close(200, "closing".into()).await;
+            }
             let _ = link.connection.close(200, "closing".into()).await;
         }
     }

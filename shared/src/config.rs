@@ -253,17 +253,32 @@ pub struct CommonSettings {
     pub shutdown_timeout: Duration,
     /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
     pub stall_warn: Duration,
+    /// The most file bytes one upload carries (`DISPATCHER_MAX_UPLOAD_BYTES`): the dispatcher
+    /// refuses more with 413, and a worker sizes its upload prefetch by it.
+    pub max_upload_bytes: usize,
 }
 
 impl CommonSettings {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         let stall_warn_ms = env.parse_or("RUNTIME_STALL_WARN_MS", DEFAULT_STALL_WARN.as_millis() as u64)?;
+        use crate::wire::upload::{DEFAULT_MAX_UPLOAD_BYTES, MAX_UPLOAD_BYTES_CEILING};
+        let max_upload_bytes = env.parse_or("DISPATCHER_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)?;
+        if !(1..=MAX_UPLOAD_BYTES_CEILING).contains(&max_upload_bytes) {
+            return Err(ConfigError::new(
+                "DISPATCHER_MAX_UPLOAD_BYTES",
+                format!(
+                    "must be between 1 and {MAX_UPLOAD_BYTES_CEILING}: the broker refuses larger messages \
+                     (RabbitMQ's max_message_size, 128 MiB by default)"
+                ),
+            ));
+        }
         Ok(Self {
             amqp: AmqpSettings::from_env(env)?,
             redis: RedisSettings::from_env(env)?,
             log_format: LogFormat::from_env(env)?,
             shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
             stall_warn: Duration::from_millis(stall_warn_ms),
+            max_upload_bytes,
         })
     }
 }
@@ -377,6 +392,9 @@ mod tests {
         let env: HashMap<&str, &str> = [("REDIS_URL", "redis://127.0.0.1:6379")].into();
         let redis = CommonSettings::from_env(&env).unwrap().redis.unwrap();
         assert_eq!(redis.key_prefix, DEFAULT_REDIS_KEY_PREFIX);
+        assert_eq!(settings.max_upload_bytes, 20 * 1024 * 1024);
+        let env: HashMap<&str, &str> = [("DISPATCHER_MAX_UPLOAD_BYTES", "200000000")].into();
+        assert_eq!(CommonSettings::from_env(&env).unwrap_err().var, "DISPATCHER_MAX_UPLOAD_BYTES");
         let env: HashMap<&str, &str> = [("REDIS_URL", "http://sekrit@x")].into();
         let err = CommonSettings::from_env(&env).unwrap_err();
         assert!(err.var == "REDIS_URL" && !err.to_string().contains("sekrit"), "{err}");

@@ -12,7 +12,8 @@ use crate::wire::SendRequest;
 fn expand(value: &mut Value) {
     match value {
         Value::String(s) => {
-            let long = || "😀".repeat(96) + &"a".repeat(4000);
+            // 48 characters outside the BMP are 96 UTF-16 code units, as Telegram counts them.
+            let long = || "😀".repeat(48) + &"a".repeat(4000);
             match s.as_str() {
                 "@@LONG@@" => *s = long(),
                 "@@TOOLONG@@" => *s = long() + "b",
@@ -53,6 +54,12 @@ fn valid_requests_become_exactly_their_canonical_json_and_match_the_schema() {
             .unwrap_or_else(|e| panic!("{name}: refused: {e}"));
         let published: Value = serde_json::from_slice(&request.to_json()).expect("JSON");
         assert_eq!(published, case["canonical"], "{name}");
+        let warned: Vec<&str> = request.warnings().iter().map(|w| w.field.as_str()).collect();
+        let expected: Vec<&str> = case["warnings"]
+            .as_array()
+            .map(|w| w.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(warned, expected, "{name}: warnings");
         assert!(schema.is_valid(input), "{name}: the schema refuses a valid input");
         assert!(schema.is_valid(&published), "{name}: the schema refuses the canonical form");
     }
@@ -70,6 +77,9 @@ fn invalid_requests_name_their_field_and_the_schema_refuses_them_too() {
             .expect_err(&format!("{name}: should be refused"));
         let got = serde_json::json!({"code": error.code, "field": error.field});
         assert_eq!(got, case["error"], "{name}: {error}");
-        assert!(!schema.is_valid(input), "{name}: the schema accepts an invalid input");
+        // Some rules are beyond JSON Schema (the schema's description lists them).
+        if case["schema_cannot_tell"] != true {
+            assert!(!schema.is_valid(input), "{name}: the schema accepts an invalid input");
+        }
     }
 }

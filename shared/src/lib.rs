@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod redis_keys;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod topology;
 pub mod watchdog;
 pub mod wire;

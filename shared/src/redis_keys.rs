@@ -14,8 +14,10 @@
 //! | `{ns}:{bot_id}:c:{chat}` | the chat's slots, reserved in receipt order |
 //! | `{ns}:{bot_id}:s:{chat}` | the chat's actual sends |
 //! | `{ns}:{bot_id}:pc:{chat}` | until when the chat is paused by a 429 (µs) |
+//! | `{ns}:{bot_id}:file:{sha256}` | the `file_id` Telegram gave the bot for a file with these bytes |
 //!
-//! Every key expires by itself shortly after the instant it holds has passed.
+//! Every budget key expires by itself shortly after the instant it holds has passed; a file's
+//! `file_id` is kept for [`FILE_ID_TTL_SECS`].
 
 /// Budget keys of one bot token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +63,16 @@ impl BotKeys {
     pub fn chat_pause(&self, chat: &impl std::fmt::Display) -> String {
         self.chat_key("pc", chat)
     }
+
+    /// The bot's `file_id` for a file whose bytes have this SHA-256 (hex).
+    pub fn file_id(&self, sha256: &str) -> String {
+        self.chat_key("file", &sha256)
+    }
 }
+
+/// How long a cached `file_id` is kept: a `file_id` stays valid for a long time, and a stale one
+/// only costs one refused send before the bytes are uploaded again.
+pub const FILE_ID_TTL_SECS: u64 = 30 * 86_400;
 
 /// What a budget key is, read back from its name (for `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +136,7 @@ mod tests {
         }
         assert_eq!(keys.chat_slots(&42), "tgd:123:c:42");
         assert_eq!(parse_budget_key("tgd", "tgd:req:abc"), None);
+        assert_eq!(parse_budget_key("tgd", &keys.file_id("ab12")), None, "not a budget");
         assert_eq!(parse_budget_key("tgd", "other:123:g"), None);
         assert_eq!(bot_id("123456:AAE-secret"), "123456");
     }

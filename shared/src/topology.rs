@@ -80,6 +80,23 @@ impl Topology {
         format!("{}.send", self.prefix)
     }
 
+    /// Topic exchange for uploads (requests that carry their files, `wire::upload`): they have a
+    /// queue of their own, which workers consume with a prefetch sized by bytes.
+    pub fn upload_exchange(&self) -> String {
+        format!("{}.upload", self.prefix)
+    }
+
+    /// Quorum queue of uploads, bound to [`Self::upload_exchange`] with `#`.
+    pub fn upload_queue(&self) -> String {
+        format!("{}.upload", self.prefix)
+    }
+
+    /// The delay queue of one tier for uploads, e.g. `tg.upload.delay.30s`: expired messages go
+    /// back to the upload exchange.
+    pub fn upload_delay_queue(&self, tier: Duration) -> String {
+        format!("{}.upload.delay.{}s", self.prefix, tier.as_secs())
+    }
+
     /// Topic exchange for messages that can never be delivered.
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.prefix)
@@ -104,13 +121,14 @@ impl Topology {
 
     /// Every queue of this topology.
     pub fn queues(&self) -> Vec<String> {
-        let mut queues = vec![self.send_queue(), self.dead_queue()];
+        let mut queues = vec![self.send_queue(), self.upload_queue(), self.dead_queue()];
         queues.extend(DELAY_TIERS.iter().map(|tier| self.delay_queue(*tier)));
+        queues.extend(DELAY_TIERS.iter().map(|tier| self.upload_delay_queue(*tier)));
         queues
     }
 
-    fn exchanges(&self) -> [String; 3] {
-        [self.send_exchange(), self.dead_exchange(), self.events_exchange()]
+    fn exchanges(&self) -> [String; 4] {
+        [self.send_exchange(), self.upload_exchange(), self.dead_exchange(), self.events_exchange()]
     }
 
     /// The delay tier for a wait of `remaining`: the longest tier not longer than it (the shortest
@@ -134,18 +152,26 @@ impl Topology {
         let (dead_queue, dead_exchange) = (self.dead_queue(), self.dead_exchange());
         self.declare_bound_queue(channel, dead_queue, dead_exchange, dead_args).await?;
 
-        let mut send_args = dead_letter_args(&self.dead_exchange());
-        send_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-        let (send_queue, send_exchange) = (self.send_queue(), self.send_exchange());
-        self.declare_bound_queue(channel, send_queue, send_exchange, send_args).await?;
+        for (queue, exchange) in
+            [(self.send_queue(), self.send_exchange()), (self.upload_queue(), self.upload_exchange())]
+        {
+            let mut args = dead_letter_args(&self.dead_exchange());
+            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+            self.declare_bound_queue(channel, queue, exchange, args).await?;
+        }
 
-        // Delay tiers: expired messages dead-letter back to the send exchange (original routing
-        // key = the delay queue's name, which `#` matches).
+        // Delay tiers: expired messages dead-letter back to the exchange they came from (original
+        // routing key = the delay queue's name, which `#` matches).
         for tier in DELAY_TIERS {
-            let mut args = dead_letter_args(&self.send_exchange());
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier.as_millis() as i64));
-            let options = QueueDeclareOptions { durable: true, ..Default::default() };
-            channel.queue_declare(self.delay_queue(tier).into(), options, args).await?;
+            for (queue, back_to) in [
+                (self.delay_queue(tier), self.send_exchange()),
+                (self.upload_delay_queue(tier), self.upload_exchange()),
+            ] {
+                let mut args = dead_letter_args(&back_to);
+                args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(tier.as_millis() as i64));
+                let options = QueueDeclareOptions { durable: true, ..Default::default() };
+                channel.queue_declare(queue.into(), options, args).await?;
+            }
         }
         Ok(())
     }

@@ -28,9 +28,11 @@ use lapin::Channel;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// A delivery together with the settler of the channel it arrived on.
+/// A delivery together with the settler of the channel it arrived on. Its body is held as
+/// `Bytes`, so that an upload's files are slices of it rather than copies.
 pub(crate) struct Received {
     delivery: Delivery,
+    body: bytes::Bytes,
     settler: Arc<Settler>,
 }
 
@@ -44,9 +46,15 @@ impl Deref for Received {
 
 impl Received {
     /// Registers the delivery as open. The consume loop calls this in delivery order.
-    pub(crate) fn new(delivery: Delivery, settler: &Arc<Settler>) -> Self {
+    pub(crate) fn new(mut delivery: Delivery, settler: &Arc<Settler>) -> Self {
         settler.lock().open.insert(delivery.delivery_tag);
-        Self { delivery, settler: Arc::clone(settler) }
+        let body = bytes::Bytes::from(std::mem::take(&mut delivery.data));
+        Self { delivery, body, settler: Arc::clone(settler) }
+    }
+
+    /// The message's body, as it came.
+    pub(crate) fn body(&self) -> &bytes::Bytes {
+        &self.body
     }
 
     /// Queues the ack; `false` when the channel is gone (the broker will redeliver) or the

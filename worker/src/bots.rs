@@ -18,7 +18,7 @@ use crate::carried::SealKey;
 use crate::classify::{classify, Failure, Outcome};
 use crate::counters::OutcomeCounters;
 use crate::gate::Gate;
-use crate::telegram::Telegram;
+use crate::telegram::{Body, Telegram};
 
 /// How often a refused token is probed, and how long its requests are parked meanwhile.
 pub(crate) const TOKEN_RECHECK: Duration = Duration::from_secs(30);
@@ -26,6 +26,8 @@ pub(crate) const TOKEN_RECHECK: Duration = Duration::from_secs(30);
 /// One bot this worker sends for.
 pub(crate) struct Bot {
     pub alias: String,
+    /// The numeric id of its token: what Telegram counts by, and what keys its state in Redis.
+    pub bot_id: String,
     pub budgets: Arc<Budgets>,
     /// Waiting rooms of the global and the paid-broadcast budgets.
     gate: Arc<Gate>,
@@ -46,6 +48,7 @@ impl Bot {
     pub(crate) fn new(alias: &str, token: &str, budgets: Budgets) -> Self {
         Self {
             alias: alias.to_string(),
+            bot_id: shared::redis_keys::bot_id(token).to_string(),
             budgets: Arc::new(budgets),
             gate: Gate::new(),
             paid_gate: Gate::new(),
@@ -104,7 +107,7 @@ impl Bot {
                 _ = tokio::time::sleep(TOKEN_RECHECK) => {}
                 _ = shutdown.requested() => break,
             }
-            let answer = telegram.call(&self.alias, "getMe", b"{}".to_vec()).await;
+            let answer = telegram.call(&self.alias, "getMe", Body::Json(b"{}".to_vec())).await;
             if matches!(answer.as_ref().map(classify), Some(Outcome::Delivered { .. })) {
                 // Probing ends before the token is accepted: a refusal right after starts a new
                 // probe instead of finding this one still running.

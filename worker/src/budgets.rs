@@ -25,8 +25,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long to use local budgets after a Redis failure before trying Redis again.
 const REDIS_RETRY: Duration = Duration::from_secs(5);
 
-/// GCRA reservation. KEYS: budget, pause. ARGV: interval µs, tolerance µs, not-before delay µs.
-/// Returns the wait in µs until the reserved slot.
+/// GCRA reservation of ARGV[4] consecutive slots. KEYS: budget, pause. ARGV: interval µs,
+/// tolerance µs, not-before delay µs, cost. Returns the wait in µs until the first reserved slot.
 const RESERVE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -37,7 +37,7 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or earliest)
 if tat < earliest then tat = earliest end
 local slot = tat - tonumber(ARGV[2])
 if slot < earliest then slot = earliest end
-local next = tat + tonumber(ARGV[1])
+local next = tat + tonumber(ARGV[1]) * tonumber(ARGV[4])
 redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.floor((next - now) / 1000) + 1000)
 return slot - now
 ";
@@ -125,6 +125,34 @@ impl RedisStore {
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .map_err(|e| anyhow::anyhow!("invalid REDIS_URL: {e}"))?;
         Ok(Self { pool, namespace: namespace.to_string() })
+    }
+
+    /// This bot's keys in the store.
+    pub fn bot_keys(&self, bot_id: &str) -> BotKeys {
+        BotKeys::new(&self.namespace, bot_id)
+    }
+
+    /// Runs one command, bounded by [`REDIS_TIMEOUT`]; `None` (logged at debug) when Redis does
+    /// not answer in time or fails.
+    pub async fn query<T: deadpool_redis::redis::FromRedisValue>(
+        &self,
+        command: &deadpool_redis::redis::Cmd,
+    ) -> Option<T> {
+        let call = async {
+            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            command.query_async::<T>(&mut connection).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, Box::pin(call)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "a Redis command failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("a Redis command got no answer in time");
+                None
+            }
+        }
     }
 }
 
@@ -237,10 +265,10 @@ impl Budgets {
     }
 
     /// See [`Pacer::reserve_chat`].
-    pub async fn reserve_chat(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
-        match self.reserve_shared_chat(ChatBudget::Slots, chat, now, not_before).await {
+    pub async fn reserve_chat(&self, chat: &ChatId, now: Instant, not_before: Instant, cost: u32) -> Instant {
+        match self.reserve_shared_chat(ChatBudget::Slots, chat, now, not_before, cost).await {
             Some(slot) => slot,
-            None => self.local.reserve_chat(chat, now, not_before),
+            None => self.local.reserve_chat(chat, now, not_before, cost),
         }
     }
 
@@ -251,6 +279,7 @@ impl Budgets {
         chat: &ChatId,
         now: Instant,
         not_before: Instant,
+        cost: u32,
     ) -> Option<Instant> {
         let bot = self.keys()?;
         let step = self.limits.chat_interval(chat);
@@ -260,52 +289,65 @@ impl Budgets {
             ChatBudget::Sends => bot.chat_sends(chat),
         };
         let keys = [budget_key, bot.chat_pause(chat)];
-        let args = [micros(step), micros(tolerance), micros(not_before.saturating_duration_since(now))];
+        let args = [
+            micros(step),
+            micros(tolerance),
+            micros(not_before.saturating_duration_since(now)),
+            cost.to_string(),
+        ];
         let wait = self.script(RESERVE, &keys, &args).await?;
         Some(Instant::now() + from_micros(wait))
     }
 
     /// See [`Pacer::observe_chat_slot`].
-    pub async fn observe_chat_slot(&self, chat: &ChatId, slot: Instant) {
+    pub async fn observe_chat_slot(&self, chat: &ChatId, slot: Instant, cost: u32) {
         let Some(bot) = self.keys() else {
-            return self.local.observe_chat_slot(chat, slot);
+            return self.local.observe_chat_slot(chat, slot, cost);
         };
         let step = self.limits.chat_interval(chat);
-        let ahead = signed_micros(slot + step);
+        let ahead = signed_micros(slot + step * cost);
         if self.script(PUSH, &[bot.chat_slots(chat)], &[ahead]).await.is_none() {
-            self.local.observe_chat_slot(chat, slot);
+            self.local.observe_chat_slot(chat, slot, cost);
         }
     }
 
     /// See [`Pacer::reserve_chat_send`].
-    pub async fn reserve_chat_send(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
-        match self.reserve_shared_chat(ChatBudget::Sends, chat, now, not_before).await {
+    pub async fn reserve_chat_send(
+        &self,
+        chat: &ChatId,
+        now: Instant,
+        not_before: Instant,
+        cost: u32,
+    ) -> Instant {
+        match self.reserve_shared_chat(ChatBudget::Sends, chat, now, not_before, cost).await {
             Some(slot) => slot,
-            None => self.local.reserve_chat_send(chat, now, not_before),
+            None => self.local.reserve_chat_send(chat, now, not_before, cost),
         }
     }
 
     /// See [`Pacer::record_chat_send`]; shared, so the next send to the chat from any worker is
     /// spaced from when this one really left.
-    pub async fn record_chat_send(&self, chat: &ChatId, at: Instant) {
-        self.local.record_chat_send(chat, at);
+    pub async fn record_chat_send(&self, chat: &ChatId, at: Instant, cost: u32) {
+        self.local.record_chat_send(chat, at, cost);
         let Some(bot) = self.keys() else { return };
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
-        let next = (at + step).checked_sub(tolerance).unwrap_or(at);
+        let next = (at + step * cost).checked_sub(tolerance).unwrap_or(at);
         let _ = self.script(PUSH, &[bot.chat_sends(chat)], &[signed_micros(next)]).await;
     }
 
     /// See [`Pacer::reserve_global`].
-    pub async fn reserve_global(&self, paid: bool, now: Instant) -> Instant {
+    pub async fn reserve_global(&self, paid: bool, now: Instant, cost: u32) -> Instant {
         let Some(bot) = self.keys() else {
-            return self.local.reserve_global(paid, now);
+            return self.local.reserve_global(paid, now, cost);
         };
         let keys = [bot.global(paid), bot.bot_pause()];
-        let args = [micros(self.limits.global_interval(paid)), "0".to_string(), "0".to_string()];
+        let interval = self.limits.global_interval(paid);
+        let args = [micros(interval), "0".to_string(), "0".to_string(), cost.to_string()];
         match self.script(RESERVE, &keys, &args).await {
-            Some(wait) => Instant::now() + from_micros(wait),
-            None => self.local.reserve_global(paid, now),
+            // The call leaves at the last of its slots.
+            Some(wait) => Instant::now() + from_micros(wait) + interval * cost.saturating_sub(1),
+            None => self.local.reserve_global(paid, now, cost),
         }
     }
 
@@ -317,11 +359,11 @@ impl Budgets {
 
     /// See [`Pacer::depart`]: the departure window is per worker in every mode, at the full limits
     /// when budgets are shared and at this worker's share otherwise.
-    pub fn depart(&self, paid: bool, now: Instant) -> Result<(), Duration> {
+    pub fn depart(&self, paid: bool, now: Instant, cost: u32) -> Result<(), Duration> {
         if self.mode() == Mode::Shared {
-            self.shared_departures.depart(paid, now)
+            self.shared_departures.depart(paid, now, cost)
         } else {
-            self.local.depart(paid, now)
+            self.local.depart(paid, now, cost)
         }
     }
 
@@ -398,8 +440,8 @@ mod tests {
         let now = Instant::now();
         let mut waits = Vec::new();
         for _ in 0..5 {
-            waits.push(a.reserve_global(false, now).await.saturating_duration_since(now));
-            waits.push(b.reserve_global(false, now).await.saturating_duration_since(now));
+            waits.push(a.reserve_global(false, now, 1).await.saturating_duration_since(now));
+            waits.push(b.reserve_global(false, now, 1).await.saturating_duration_since(now));
         }
         assert_eq!(a.mode(), Mode::Shared, "Redis must be running for this test");
         // Ten reservations from two workers at 10/s: the last is ~0.9 s out, not ~0.4 s.
@@ -416,8 +458,8 @@ mod tests {
         let limits = Limits { global_per_sec: 10.0, safety_margin: 0.0, ..Limits::default() };
         let budgets = Budgets::new("default", limits, 0.5, Some((store, "42".into())));
         let now = Instant::now();
-        let first = budgets.reserve_global(false, now).await;
-        let second = budgets.reserve_global(false, now).await;
+        let first = budgets.reserve_global(false, now, 1).await;
+        let second = budgets.reserve_global(false, now, 1).await;
         assert_eq!(budgets.mode(), Mode::LocalFallback);
         // 10/s × RATE_SHARE 0.5 = one every 200 ms.
         assert_eq!(second - first, Duration::from_millis(200));

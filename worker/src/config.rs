@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(10);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Timeout of one Bot API call (`TELEGRAM_TIMEOUT_SECS`).
 pub const DEFAULT_TELEGRAM_TIMEOUT: Duration = Duration::from_secs(17);
+/// Bytes of uploads a worker holds at once (`WORKER_MAX_INFLIGHT_BYTES`).
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Everything `tg-worker` needs to run.
 #[derive(Debug, Clone)]
@@ -51,6 +53,9 @@ pub struct WorkerConfig {
     pub rate_share: f64,
     /// Where the admin server listens (`WORKER_ADMIN_LISTEN`; `off` disables it).
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Bytes of uploads held at once (`WORKER_MAX_INFLIGHT_BYTES`): the upload queue's prefetch is
+    /// this divided by the largest upload (`DISPATCHER_MAX_UPLOAD_BYTES`), at least 1.
+    pub max_inflight_bytes: usize,
     /// How often a summary line is logged (`LOG_SUMMARY_SECS`, default 30; 0 disables it).
     pub log_summary: Duration,
     /// How this instance names itself in logs and in its broker connections (`WORKER_NAME`,
@@ -137,6 +142,11 @@ impl WorkerConfig {
         if !(rate_share > 0.0 && rate_share <= 1.0) {
             return Err(ConfigError::new("RATE_SHARE", "must be in (0, 1], e.g. 0.25 for four workers"));
         }
+        let max_inflight_bytes: usize =
+            env.parse_or("WORKER_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES)?;
+        if max_inflight_bytes == 0 {
+            return Err(ConfigError::new("WORKER_MAX_INFLIGHT_BYTES", "must be at least 1"));
+        }
         let max_in_flight: usize = env.parse_or("TELEGRAM_MAX_IN_FLIGHT", 256)?;
         if max_in_flight == 0 {
             return Err(ConfigError::new("TELEGRAM_MAX_IN_FLIGHT", "must be at least 1"));
@@ -145,6 +155,7 @@ impl WorkerConfig {
             common,
             bots,
             max_in_flight,
+            max_inflight_bytes,
             rate_share,
             admin_listen,
             log_summary: env.secs_or("LOG_SUMMARY_SECS", Duration::from_secs(30))?,
@@ -161,6 +172,13 @@ impl WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The upload queue's prefetch: as many of the largest uploads as fit in
+    /// `WORKER_MAX_INFLIGHT_BYTES`, at least one.
+    pub fn upload_prefetch(&self) -> u16 {
+        let largest = self.common.max_upload_bytes + shared::wire::MAX_REQUEST_BYTES;
+        u16::try_from((self.max_inflight_bytes / largest).max(1)).unwrap_or(u16::MAX)
+    }
+
     /// The effective configuration as one line of `key=value`, secrets redacted (for the start-up
     /// log line).
     pub fn describe(&self) -> String {
@@ -173,7 +191,7 @@ impl WorkerConfig {
             "amqp={} prefix={} bots={} telegram={} prefetch={} rate_global={}/s rate_chat={}/s \
              chat_burst={} rate_group={}/min rate_paid={}/s safety_margin={} max_hold={}s \
              retry_max_attempts={} retry_max_age={}s telegram_timeout={}s max_in_flight={} redis={} redis_key_prefix={} \
-             rate_share={} admin={} shutdown_timeout={}s stall_warn={}ms",
+             rate_share={} admin={} shutdown_timeout={}s stall_warn={}ms max_inflight_bytes={} upload_prefetch={}",
             common.amqp.display_url(),
             common.amqp.prefix,
             self.bots.keys().cloned().collect::<Vec<_>>().join(","),
@@ -196,6 +214,8 @@ impl WorkerConfig {
             admin,
             common.shutdown_timeout.as_secs(),
             common.stall_warn.as_millis(),
+            self.max_inflight_bytes,
+            self.upload_prefetch(),
         )
     }
 }

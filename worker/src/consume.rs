@@ -83,98 +83,138 @@ pub(crate) async fn run(ctx: Arc<DeliveryContext>) -> RunSummary {
     summary
 }
 
-/// One connection's life: connect, declare, consume until shutdown (→ `Some(summary)`) or until
-/// the connection fails (→ `Err`, the caller reconnects).
+/// One queue's consumer on a channel of its own, with the settler of that channel and its ack
+/// flusher.
+struct Consumer {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    settler: Arc<Settler>,
+    flusher_stop: CancellationToken,
+    flusher: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Consumes `queue` with `prefetch` on a new channel of `connection`.
+    async fn start(
+        ctx: &DeliveryContext,
+        connection: &Connection,
+        queue: &str,
+        prefetch: u16,
+    ) -> anyhow::Result<Self> {
+        let channel = connection.create_channel().await.context("failed to open a channel")?;
+        ctx.outbox.topology().declare(&channel).await.context("failed to declare the topology")?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .context("failed to set the prefetch")?;
+        let tag = format!("{}-{}", ctx.config.instance, shared::wire::new_request_id());
+        let consumer = channel
+            .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .with_context(|| format!("failed to start consuming {queue}"))?;
+        // Acks of this channel's deliveries, batched; stopped (after a last flush) before the
+        // channel closes.
+        let settler = Settler::new(channel.clone());
+        let flusher_stop = CancellationToken::new();
+        let flusher = tokio::spawn(Arc::clone(&settler).run(flusher_stop.clone()));
+        Ok(Self { channel, consumer, settler, flusher_stop, flusher })
+    }
+
+    /// Stops new deliveries; those already received stay ours until acked or the channel closes.
+    async fn cancel(&self) -> bool {
+        let cancelled = self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default()).await;
+        if let Err(error) = &cancelled {
+            tracing::warn!(%error, "failed to cancel a consumer; closing the channel instead");
+        }
+        cancelled.is_ok()
+    }
+
+    /// Sends the last acks, then closes the channel.
+    async fn close(self) {
+        stop_flusher(self.flusher_stop, self.flusher).await;
+        let _ = self.channel.close(200, "closing".into()).await;
+    }
+}
+
+/// One connection's life: connect, declare, consume the send and the upload queues until
+/// shutdown (→ `Some(summary)`) or until the connection fails (→ `Err`, the caller reconnects).
 async fn consume_session(
     ctx: &Arc<DeliveryContext>,
     failures: &mut u32,
 ) -> anyhow::Result<Option<RunSummary>> {
     let name = format!("tg-worker {} consume", ctx.config.instance);
     let connection = connect(&ctx.config.common.amqp, &name).await?;
-    let channel = open_channel(ctx, &connection).await?;
+    let topology = ctx.outbox.topology();
+    let mut sends = Consumer::start(ctx, &connection, &topology.send_queue(), ctx.config.prefetch).await?;
+    let mut uploads =
+        Consumer::start(ctx, &connection, &topology.upload_queue(), ctx.config.upload_prefetch()).await?;
     if !publisher_ready(ctx).await {
         let _ = connection.close(200, "shutting down".into()).await;
         return Ok(Some(drain(ctx, Instant::now()).await));
     }
-    let queue = ctx.outbox.topology().send_queue();
-    let consumer_tag = format!("{}-{}", ctx.config.instance, shared::wire::new_request_id());
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            consumer_tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("failed to start consuming")?;
     let _watch = shared::amqp::watch_connection(&connection, &name);
-    // Acks of this channel's deliveries, batched; stopped (after a last flush) before the channel
-    // closes.
-    let settler = Settler::new(channel.clone());
-    let flusher_stop = CancellationToken::new();
-    let flusher = tokio::spawn(Arc::clone(&settler).run(flusher_stop.clone()));
-    let settling_failed = settler.failed();
     if *failures > 0 {
         metrics::counter!("tg_amqp_reconnects_total", "connection" => "consume").increment(1);
         tracing::info!("broker connection restored; consuming again");
     }
     *failures = 0;
     ctx.consuming.store(true, Ordering::Relaxed);
-    tracing::info!(%queue, "consuming");
+    tracing::info!(send = %topology.send_queue(), upload = %topology.upload_queue(), "consuming");
 
-    let lost = loop {
-        tokio::select! {
-            biased;
-            _ = ctx.shutdown.requested() => break None,
-            _ = settling_failed.cancelled() => {
-                break Some(anyhow::anyhow!("acks could not be sent on the consumer channel"));
-            }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => accept(ctx, &settler, delivery).await,
-                Some(Err(error)) => break Some(anyhow::Error::new(error).context("consumer failed")),
-                None => break Some(anyhow::anyhow!("the broker cancelled the consumer")),
-            },
-        }
-    };
+    let lost = consume(ctx, &mut sends, &mut uploads).await;
     ctx.consuming.store(false, Ordering::Relaxed);
     if let Some(error) = lost {
-        stop_flusher(flusher_stop, flusher).await;
+        sends.close().await;
+        uploads.close().await;
         let _ = connection.close(200, "reconnecting".into()).await;
         return Err(error);
     }
 
     let started = Instant::now();
-    // Stop new deliveries; those already received stay ours until acked or the channel closes.
-    let cancelled = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-    if let Err(error) = &cancelled {
-        tracing::warn!(%error, "failed to cancel the consumer; closing the channel instead");
-    }
+    let cancelled = sends.cancel().await & uploads.cancel().await;
     let summary = drain(ctx, started).await;
-    // Every ack queued by the drained tasks goes out before the channel closes, and has a moment
-    // to be applied (see SETTLE_GRACE); a second signal does not wait for that. Not while the
+    // Every ack queued by the drained tasks goes out before the channels close, and has a moment
+    // to be applied (see SETTLE_GRACE); a second signal does not wait for that. Not while a
     // consumer may still be active: the broker would fill the credit the last acks freed with
     // deliveries that the close then returns.
-    stop_flusher(flusher_stop, flusher).await;
-    if !summary.timed_out && cancelled.is_ok() {
+    let grace = !summary.timed_out && cancelled;
+    let (send_channel, upload_channel) = (sends.channel.clone(), uploads.channel.clone());
+    stop_flusher(sends.flusher_stop, sends.flusher).await;
+    stop_flusher(uploads.flusher_stop, uploads.flusher).await;
+    if grace {
         tokio::select! {
             _ = tokio::time::sleep(SETTLE_GRACE) => {}
             _ = ctx.shutdown.immediate() => {}
         }
     }
-    let _ = channel.close(200, "shutting down".into()).await;
+    let _ = send_channel.close(200, "shutting down".into()).await;
+    let _ = upload_channel.close(200, "shutting down".into()).await;
     let _ = connection.close(200, "shutting down".into()).await;
     Ok(Some(summary))
 }
 
-/// A channel with the topology declared and the prefetch set.
-async fn open_channel(ctx: &DeliveryContext, connection: &Connection) -> anyhow::Result<Channel> {
-    let channel = connection.create_channel().await.context("failed to open a channel")?;
-    ctx.outbox.topology().declare(&channel).await.context("failed to declare the topology")?;
-    channel
-        .basic_qos(ctx.config.prefetch, BasicQosOptions::default())
-        .await
-        .context("failed to set the prefetch")?;
-    Ok(channel)
+/// Takes deliveries from both queues until shutdown (`None`) or until a channel fails.
+async fn consume(
+    ctx: &Arc<DeliveryContext>,
+    sends: &mut Consumer,
+    uploads: &mut Consumer,
+) -> Option<anyhow::Error> {
+    let (send_failed, upload_failed) = (sends.settler.failed(), uploads.settler.failed());
+    loop {
+        let (next, settler) = tokio::select! {
+            biased;
+            _ = ctx.shutdown.requested() => return None,
+            _ = send_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the send channel")),
+            _ = upload_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the upload channel")),
+            next = sends.consumer.next() => (next, &sends.settler),
+            next = uploads.consumer.next() => (next, &uploads.settler),
+        };
+        match next {
+            Some(Ok(delivery)) => accept(ctx, settler, delivery).await,
+            Some(Err(error)) => return Some(anyhow::Error::new(error).context("consumer failed")),
+            None => return Some(anyhow::anyhow!("the broker cancelled a consumer")),
+        }
+    }
 }
 
 /// Connects the publisher (delivery events, parking, dead letters) before the first delivery, not

@@ -15,6 +15,7 @@ use crate::config::WorkerConfig;
 use crate::counters::{HotMetrics, Stats};
 use crate::decide::RetryPolicy;
 use crate::events::Events;
+use crate::files::FileCache;
 use crate::job::{Job, LaneKey};
 use crate::lanes::Lanes;
 use crate::outbox::Outbox;
@@ -35,6 +36,8 @@ pub(crate) struct DeliveryContext {
     pub recent: RecentIds,
     pub outbox: Outbox,
     pub events: Events,
+    /// The `file_id`s of files uploaded before.
+    pub files: FileCache,
     pub before_send: Option<BeforeSend>,
     /// Bounds concurrent Bot API calls (`TELEGRAM_MAX_IN_FLIGHT`).
     pub sends: Semaphore,

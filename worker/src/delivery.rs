@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::bots::{Bot, TOKEN_RECHECK};
 use crate::carried::{Bookkeeping, Carried, Timing};
-use crate::classify::classify;
+use crate::classify::{classify, ErrorClass};
 use crate::clock::{ms_from_instant, now_ms};
 use crate::context::DeliveryContext;
 use crate::decide::{decide, Disposition};
@@ -20,6 +20,7 @@ use crate::events::Event;
 use crate::gate;
 use crate::job::Job;
 use crate::outbox::{without_expiration, Held, Parking};
+use crate::outgoing::Outgoing;
 use crate::telegram::RawAnswer;
 
 /// How much longer than `RATE_MAX_HOLD_SECS` a request may wait at the gate before it is parked.
@@ -31,6 +32,8 @@ struct Attempt<'j> {
     /// allocation per field.
     request: Cow<'j, SendRequest>,
     carried: Carried,
+    /// Whether an upload may go by cached `file_id`s: not after Telegram refused one.
+    use_cache: bool,
 }
 
 /// What the wait for a turn ended in.
@@ -59,7 +62,8 @@ pub(crate) async fn deliver(ctx: &Arc<DeliveryContext>, job: Arc<Job>) {
         job.mark_settled();
         return;
     };
-    let mut attempt = Attempt { request: Cow::Borrowed(&job.request), carried: job.carried.clone() };
+    let mut attempt =
+        Attempt { request: Cow::Borrowed(&job.request), carried: job.carried.clone(), use_cache: true };
     loop {
         if let Some(hook) = &ctx.before_send {
             hook(&attempt.request);
@@ -85,9 +89,10 @@ pub(crate) async fn deliver(ctx: &Arc<DeliveryContext>, job: Arc<Job>) {
     }
 }
 
-/// Waits for the request's turn: no 429 pause on its chat or bot, its chat's spacing, then a slot
-/// of the bot's global (or paid) budget, received-earliest first. A wait longer than
-/// `RATE_MAX_HOLD_SECS` is not held: the request is parked instead.
+/// Waits for the request's turn: no 429 pause on its chat or bot, its chat's spacing, then slots
+/// of the bot's global (or paid) budget, received-earliest first — as many as the call sends
+/// messages; an edit needs only its chat's spacing, a call that sends no message only the end of
+/// a pause. A wait longer than `RATE_MAX_HOLD_SECS` is not held: the request is parked instead.
 async fn wait_for_turn(ctx: &DeliveryContext, bot: &Bot, job: &Job, request: &SendRequest) -> Turn {
     if bot.token_refused() {
         return Turn::Park { until: Instant::now() + TOKEN_RECHECK, why: "bot token refused" };
@@ -95,21 +100,37 @@ async fn wait_for_turn(ctx: &DeliveryContext, bot: &Bot, job: &Job, request: &Se
     let hold = ctx.config.max_hold;
     let now = Instant::now();
     let chat = request.chat_id();
+    let pacing = request.pacing();
     let paused = bot.budgets.paused_until(chat, now).await;
     if paused.saturating_duration_since(now) > hold {
         return Turn::Park { until: paused, why: "flood wait" };
     }
-    let chat_ready = bot.budgets.reserve_chat_send(chat, now, paused).await;
+    let chat_ready = match pacing.chat_cost() {
+        0 => paused,
+        cost => bot.budgets.reserve_chat_send(chat, now, paused, cost).await,
+    };
+    let global = pacing.global_cost();
+    if global == 0 {
+        if chat_ready.saturating_duration_since(now) > hold {
+            return Turn::Park { until: chat_ready, why: "chat budget" };
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.requested() => return Turn::Requeue("shutting down before the send"),
+            _ = tokio::time::sleep_until(chat_ready) => return Turn::Send,
+        }
+    }
     let paid = request.is_paid_broadcast();
     let gate = bot.gate(paid);
     let spacing = bot.budgets.limits().global_interval(paid);
-    let expected = chat_ready.max(now + gate::estimated_wait(gate.ahead_of(job.received), spacing));
+    let ahead = gate::estimated_wait(gate.ahead_of(job.received), spacing) + spacing * (global - 1);
+    let expected = chat_ready.max(now + ahead);
     if expected.saturating_duration_since(now) > hold {
         return Turn::Park { until: expected, why: "global budget" };
     }
     let waited = async {
         tokio::time::sleep_until(chat_ready).await;
-        gate.acquire(&bot.budgets, paid, job.received).await
+        gate.acquire(&bot.budgets, paid, job.received, global).await
     };
     let wait_started = Instant::now();
     // The estimate sees only this worker's waiters: bound the wait, and park past it rather than
@@ -125,7 +146,7 @@ async fn wait_for_turn(ctx: &DeliveryContext, bot: &Bot, job: &Job, request: &Se
         Some(Err(_elapsed)) => return Turn::Park { until: Instant::now(), why: "global budget" },
         Some(Ok(Err(_))) | None => return Turn::Requeue("shutting down before the send"),
     }
-    while let Err(wait) = bot.budgets.depart(paid, Instant::now()) {
+    while let Err(wait) = bot.budgets.depart(paid, Instant::now(), global) {
         tokio::time::sleep(wait).await;
     }
     Turn::Send
@@ -152,19 +173,42 @@ async fn send_and_apply(
     job: &Arc<Job>,
     attempt: &mut Attempt<'_>,
 ) -> Next {
-    let (answer, latency) = send_once(ctx, bot, &attempt.request).await;
+    let outgoing = Outgoing::prepare(&ctx.files, &bot.bot_id, job, &attempt.request, attempt.use_cache).await;
+    let (answer, latency) = send_once(ctx, bot, &outgoing).await;
     let (disposition, carried) =
         decide(answer.as_ref().map(classify), &attempt.carried, &ctx.retry, now_ms());
-    log_outcome(&disposition, &attempt.request, latency);
+    let refused_file = matches!(&disposition, Disposition::DeadLetter { failure } if failure.class == ErrorClass::BadContent);
+    if refused_file && outgoing.used_cache() {
+        // Perhaps the cached file_id: send the bytes instead, once. Not a failed attempt.
+        outgoing.forget_cached(&ctx.files, &bot.bot_id).await;
+        drop(outgoing);
+        tracing::info!("Telegram refused a call made with cached file_ids; uploading the files");
+        attempt.use_cache = false;
+        return Next::SendAgain;
+    }
+    if let Disposition::Ack { .. } = disposition {
+        ctx.files.uploaded(outgoing.upload_bytes());
+        outgoing.remember(&ctx.files, &bot.bot_id, answer.as_ref()).await;
+    }
+    log_outcome(&disposition, &outgoing.request, latency);
+    drop(outgoing);
     attempt.carried = carried;
     apply(ctx, bot, job, attempt, disposition).await
 }
 
 /// One call to Telegram, within `TELEGRAM_MAX_IN_FLIGHT`. `None` when this worker has no client
 /// for the bot. Also returns the call's latency.
-async fn send_once(ctx: &DeliveryContext, bot: &Bot, request: &SendRequest) -> (Option<RawAnswer>, Duration) {
+async fn send_once(
+    ctx: &DeliveryContext,
+    bot: &Bot,
+    outgoing: &Outgoing<'_>,
+) -> (Option<RawAnswer>, Duration) {
+    let request = &outgoing.request;
     let started = Instant::now();
-    bot.budgets.record_chat_send(request.chat_id(), started).await;
+    let chat_cost = request.pacing().chat_cost();
+    if chat_cost > 0 {
+        bot.budgets.record_chat_send(request.chat_id(), started, chat_cost).await;
+    }
     ctx.metrics.in_flight.increment(1.0);
     crate::counters::Stats::add(&ctx.stats.sending, 1);
     // At most TELEGRAM_MAX_IN_FLIGHT calls at once, whatever the prefetch: each holds an HTTP
@@ -172,7 +216,7 @@ async fn send_once(ctx: &DeliveryContext, bot: &Bot, request: &SendRequest) -> (
     // small.
     let answer = {
         let _permit = ctx.sends.acquire().await;
-        let sending = Box::pin(ctx.telegram.send(request.bot(), request.method(), request.params_json()));
+        let sending = Box::pin(ctx.telegram.send(request.bot(), request.method(), outgoing.body()));
         let answer = sending.await;
         // One scheduler turn before the slot is handed on: hyper gives the connection back to the
         // pool from a task of its own once the answer is read. Without it, at a prefetch above the
@@ -295,17 +339,25 @@ async fn park(
     let timing = if why == "retry" {
         Timing::NotBefore(ms_from_instant(until))
     } else {
-        let slot = bot.budgets.reserve_chat(request.chat_id(), Instant::now(), until).await;
+        let cost = request.pacing().chat_cost();
+        let slot = bot.budgets.reserve_chat(request.chat_id(), Instant::now(), until, cost).await;
         Timing::Slot(ms_from_instant(slot))
     };
     let mut headers = job.delivery.properties.headers().clone().unwrap_or_default();
     Bookkeeping { carried: attempt.carried.clone(), timing }.write(&mut headers, request.id(), &bot.seal);
+    let mut properties = without_expiration(&job.delivery.properties).with_message_id(request.id().into());
+    let body = if job.is_upload() {
+        let (content_type, body) = shared::wire::upload::encode(&request.to_json(), &job.files);
+        properties = properties.with_content_type(content_type.into());
+        body
+    } else {
+        request.to_json()
+    };
     let parking = Parking {
         held: Held::InJob(Arc::clone(job)),
-        body: request.to_json(),
-        properties: without_expiration(&job.delivery.properties)
-            .with_message_id(request.id().into())
-            .with_headers(headers),
+        upload: job.is_upload(),
+        body: body.into(),
+        properties: properties.with_headers(headers),
         delay: until.saturating_duration_since(Instant::now()),
         why,
         then,

@@ -4,6 +4,9 @@
 //! chats book the next seconds and starve a chat whose requests arrived before them but must be
 //! spaced out; with the gate, a busy chat keeps draining at its own rate while other chats share
 //! the rest. One small task per budget hands out the slots; the timing is [`Pacer::reserve_global`].
+//! A waiter that sends several messages (an album) gets as many consecutive slots, at the last.
+//!
+//! [`Pacer::reserve_global`]: crate::pacing::Pacer::reserve_global
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -22,6 +25,8 @@ const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 struct Waiter {
     priority: Instant,
     seq: u64,
+    /// Slots it needs (messages it sends).
+    cost: u32,
     grant: oneshot::Sender<()>,
 }
 
@@ -72,11 +77,21 @@ impl Gate {
         self.lock().waiters.iter().filter(|Reverse(w)| w.priority <= priority).count()
     }
 
-    /// Waits for a slot of `budgets`' global (or paid) budget. Earlier `priority` is served first;
-    /// equal priorities in arrival order. When nobody is waiting and a slot is free right now, the
-    /// caller takes it itself, without a hop through the gate's task.
-    pub async fn acquire(&self, budgets: &Budgets, paid: bool, priority: Instant) -> Result<(), Closed> {
-        if self.lock().waiters.is_empty() && budgets.try_reserve_global_now(paid, TIMER_RESOLUTION) {
+    /// Waits for `cost` slots of `budgets`' global (or paid) budget. Earlier `priority` is served
+    /// first; equal priorities in arrival order. When nobody is waiting and one slot is all it
+    /// needs and is free right now, the caller takes it itself, without a hop through the gate's
+    /// task.
+    pub async fn acquire(
+        &self,
+        budgets: &Budgets,
+        paid: bool,
+        priority: Instant,
+        cost: u32,
+    ) -> Result<(), Closed> {
+        if cost <= 1
+            && self.lock().waiters.is_empty()
+            && budgets.try_reserve_global_now(paid, TIMER_RESOLUTION)
+        {
             return Ok(());
         }
         let (grant, granted) = oneshot::channel();
@@ -84,7 +99,7 @@ impl Gate {
             let mut queue = self.lock();
             let seq = queue.next_seq;
             queue.next_seq += 1;
-            queue.waiters.push(Reverse(Waiter { priority, seq, grant }));
+            queue.waiters.push(Reverse(Waiter { priority, seq, cost: cost.max(1), grant }));
         }
         self.arrived.notify_one();
         granted.await.map_err(|_| Closed)
@@ -99,33 +114,45 @@ impl Gate {
     }
 
     async fn serve(&self, budgets: &Budgets, paid: bool, stop: &CancellationToken) {
+        // Slots reserved and not yet granted: a waiter that left hands its slots to the next.
+        let mut reserved = 0;
+        let mut ready_at = Instant::now();
         loop {
             // Wait for someone to serve.
-            loop {
-                let waiting = !self.lock().waiters.is_empty();
-                if waiting {
-                    break;
+            let head_cost = loop {
+                let head = self.lock().waiters.peek().map(|Reverse(w)| w.cost);
+                if let Some(cost) = head {
+                    break cost;
                 }
                 tokio::select! {
                     _ = self.arrived.notified() => {}
                     _ = stop.cancelled() => return,
                 }
+            };
+            if head_cost > reserved {
+                ready_at = budgets.reserve_global(paid, Instant::now(), head_cost - reserved).await;
+                reserved = head_cost;
             }
-            let slot = budgets.reserve_global(paid, Instant::now()).await;
             // The timer has millisecond resolution: a sleep for less would cost a whole tick per
             // grant and cap a fast budget near 1000/s. Granting up to a tick early is harmless —
             // the departure window still holds every one-second count.
-            if slot > Instant::now() + TIMER_RESOLUTION {
+            if ready_at > Instant::now() + TIMER_RESOLUTION {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(slot) => {}
+                    _ = tokio::time::sleep_until(ready_at) => {}
                     _ = stop.cancelled() => return,
                 }
             }
-            // Grant the slot to whoever is first *now*; skip waiters that left.
-            loop {
-                let Some(Reverse(waiter)) = self.lock().waiters.pop() else { break };
+            // Grant the slots to whoever is first *now*, if they are enough for it (an earlier,
+            // larger waiter that arrived meanwhile makes the loop reserve the rest first); skip
+            // waiters that left.
+            let mut queue = self.lock();
+            match queue.waiters.peek() {
+                Some(Reverse(head)) if head.cost <= reserved => {}
+                _ => continue,
+            }
+            if let Some(Reverse(waiter)) = queue.waiters.pop() {
                 if waiter.grant.send(()).is_ok() {
-                    break;
+                    reserved = 0;
                 }
             }
         }
@@ -162,7 +189,7 @@ mod tests {
             let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
             let budgets_for_task = Arc::clone(&budgets_under_test);
             tasks.push(tokio::spawn(async move {
-                gate.acquire(&budgets_for_task, false, t0 + Duration::from_secs(1)).await.unwrap();
+                gate.acquire(&budgets_for_task, false, t0 + Duration::from_secs(1), 1).await.unwrap();
                 order.lock().unwrap().push((format!("new{n}"), Instant::now() - t0));
             }));
         }
@@ -172,7 +199,7 @@ mod tests {
         let budgets2 = Arc::clone(&budgets_under_test);
         assert!(gate.ahead_of(t0) == 0 && gate.ahead_of(t0 + Duration::from_secs(1)) > 10);
         tasks.push(tokio::spawn(async move {
-            gate2.acquire(&budgets2, false, t0).await.unwrap();
+            gate2.acquire(&budgets2, false, t0, 1).await.unwrap();
             order2.lock().unwrap().push(("old".to_string(), Instant::now() - t0));
         }));
         for task in tasks {
@@ -189,6 +216,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_album_waits_for_as_many_slots_as_it_has_items() {
+        let budgets_under_test =
+            budgets(Limits { global_per_sec: 10.0, safety_margin: 0.0, ..Limits::default() });
+        let gate = Gate::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&budgets_under_test), false, stop.clone()));
+        let t0 = Instant::now();
+        let b = &budgets_under_test;
+        gate.acquire(b, false, t0, 1).await.unwrap();
+        // Five messages at 10/s after one: they leave together at the fifth slot, 500 ms on.
+        gate.acquire(b, false, t0, 5).await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_millis(500));
+        // The next single waits behind all five.
+        gate.acquire(b, false, t0, 1).await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_millis(600));
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_waiter_that_gives_up_does_not_use_a_slot() {
         let budgets_under_test =
             budgets(Limits { global_per_sec: 1.0, safety_margin: 0.0, ..Limits::default() });
@@ -199,7 +245,7 @@ mod tests {
         // Three waiters queued at once (the gate's task serves them in order, one a second)…
         let b = &budgets_under_test;
         let (first, gives_up, last) =
-            (gate.acquire(b, false, t0), gate.acquire(b, false, t0), gate.acquire(b, false, t0));
+            (gate.acquire(b, false, t0, 1), gate.acquire(b, false, t0, 1), gate.acquire(b, false, t0, 1));
         tokio::pin!(first, gives_up, last);
         // …the first is served now (fast path); the second gives up before its slot.
         (&mut first).await.unwrap();

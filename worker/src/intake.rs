@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use lapin::message::Delivery;
+use shared::wire::upload::{is_multipart, Parts, Upload, UploadError};
 use shared::wire::{SendRequest, MAX_REQUEST_BYTES};
 use tokio::time::Instant;
 
@@ -20,15 +21,15 @@ use crate::classify::{ErrorClass, Failure};
 use crate::clock::{instant_from_ms, ms_from_instant, now_ms};
 use crate::context::DeliveryContext;
 use crate::events::Event;
-use crate::job::Job;
+use crate::job::{Decoded, Job};
 use crate::lane::run_lane;
 use crate::outbox::{without_expiration, Held, Parking};
 
 /// Takes a new delivery from the consumer.
 pub(crate) async fn accept(ctx: &Arc<DeliveryContext>, settler: &Arc<Settler>, delivery: Delivery) {
     let delivery = Received::new(delivery, settler);
-    let request = match decode(&delivery) {
-        Ok(request) => request,
+    let decoded = match decode(&delivery, ctx.config.common.max_upload_bytes).await {
+        Ok(decoded) => decoded,
         Err(failure) => {
             let ctx_for_task = Arc::clone(ctx);
             ctx.tracker.spawn(async move {
@@ -38,8 +39,9 @@ pub(crate) async fn accept(ctx: &Arc<DeliveryContext>, settler: &Arc<Settler>, d
             return;
         }
     };
+    let request = &decoded.request;
     let Some(bot) = ctx.bots.get(request.bot()).cloned() else {
-        reject_unknown_bot(ctx, delivery, request);
+        reject_unknown_bot(ctx, delivery, decoded.request);
         return;
     };
     if ctx.recent.contains(request.id()) {
@@ -59,37 +61,52 @@ pub(crate) async fn accept(ctx: &Arc<DeliveryContext>, settler: &Arc<Settler>, d
         metrics::counter!("tg_untrusted_headers_total").increment(1);
     }
     let now = Instant::now();
-    let slot = chat_slot(&bot, &request, bookkeeping.timing, now).await;
+    let slot = chat_slot(&bot, request, bookkeeping.timing, now).await;
     let Bookkeeping { carried, .. } = bookkeeping;
     if slot.saturating_duration_since(now) > ctx.config.max_hold {
-        park_until_slot(ctx, &bot, delivery, &request, carried, slot).await;
+        park_until_slot(ctx, &bot, delivery, &decoded, carried, slot).await;
         return;
     }
     let received = instant_from_ms(carried.first_seen_ms);
-    let job = Job::new(delivery, request, carried, slot, received);
+    let job = Job::new(delivery, decoded, carried, slot, received);
     let lane = job.lane();
     if ctx.lanes.push(&lane, job) {
         ctx.tracker.spawn(run_lane(Arc::clone(ctx), lane));
     }
 }
 
-/// The request in a delivery, or why it can never be sent.
-fn decode(delivery: &Received) -> Result<SendRequest, Failure> {
+/// The request in a delivery (with its files, for an upload), or why it can never be sent.
+async fn decode(delivery: &Received, max_upload_bytes: usize) -> Result<Decoded, Failure> {
     let invalid =
         |description: String| Failure { code: None, description, class: ErrorClass::InvalidRequest };
-    if delivery.data.len() > MAX_REQUEST_BYTES {
-        return Err(invalid(format!(
-            "invalid request: it is {} bytes; a request is at most {MAX_REQUEST_BYTES}",
-            delivery.data.len()
-        )));
-    }
+    let body = delivery.body();
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
-    SendRequest::from_json_or_id(&delivery.data, || {
+    let default_id = || {
         message_id
             .filter(|id| shared::wire::validate_id(id).is_ok())
             .unwrap_or_else(shared::wire::new_request_id)
-    })
-    .map_err(|error| invalid(format!("invalid request: {error}")))
+    };
+    let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str()).unwrap_or_default();
+    if is_multipart(content_type) {
+        let parsed = async {
+            let parts = Parts::read(content_type, body.clone(), max_upload_bytes).await?;
+            Upload::from_parts(parts, default_id)
+        };
+        return match parsed.await {
+            Ok(upload) => Ok(Decoded { request: upload.request, files: upload.files }),
+            Err(UploadError::Invalid(error)) => Err(invalid(format!("invalid upload: {error}"))),
+            Err(UploadError::TooLarge(why)) => Err(invalid(format!("invalid upload: {why}"))),
+        };
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(invalid(format!(
+            "invalid request: it is {} bytes; a request is at most {MAX_REQUEST_BYTES}",
+            body.len()
+        )));
+    }
+    SendRequest::from_json_or_id(body, default_id)
+        .map(|request| Decoded { request, files: Vec::new() })
+        .map_err(|error| invalid(format!("invalid request: {error}")))
 }
 
 /// Dead-letters a request for a bot this worker does not know, with a `failed` event.
@@ -112,14 +129,15 @@ fn reject_unknown_bot(ctx: &Arc<DeliveryContext>, delivery: Received, request: S
 /// The request's chat slot: the one it kept while parked, or a new one in receipt order.
 async fn chat_slot(bot: &Bot, request: &SendRequest, timing: Timing, now: Instant) -> Instant {
     let chat = request.chat_id();
+    let cost = request.pacing().chat_cost();
     match timing {
         Timing::Slot(ms) => {
             let slot = instant_from_ms(ms);
-            bot.budgets.observe_chat_slot(chat, slot).await;
+            bot.budgets.observe_chat_slot(chat, slot, cost).await;
             slot
         }
-        Timing::NotBefore(ms) => bot.budgets.reserve_chat(chat, now, instant_from_ms(ms)).await,
-        Timing::Now => bot.budgets.reserve_chat(chat, now, now).await,
+        Timing::NotBefore(ms) => bot.budgets.reserve_chat(chat, now, instant_from_ms(ms), cost).await,
+        Timing::Now => bot.budgets.reserve_chat(chat, now, now, cost).await,
     }
 }
 
@@ -129,15 +147,17 @@ async fn park_until_slot(
     ctx: &DeliveryContext,
     bot: &Bot,
     delivery: Received,
-    request: &SendRequest,
+    decoded: &Decoded,
     carried: Carried,
     slot: Instant,
 ) {
+    let request = &decoded.request;
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     let bookkeeping = Bookkeeping { carried, timing: Timing::Slot(ms_from_instant(slot)) };
     bookkeeping.write(&mut headers, request.id(), &bot.seal);
     let parking = Parking {
-        body: delivery.data.clone(),
+        upload: !decoded.files.is_empty(),
+        body: delivery.body().clone(),
         properties: without_expiration(&delivery.properties)
             .with_message_id(request.id().into())
             .with_headers(headers),

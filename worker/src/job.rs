@@ -1,9 +1,11 @@
-//! A decoded delivery waiting in its chat's lane: the request, what it carries, its chat slot, and
-//! whether it has been settled.
+//! A decoded delivery waiting in its chat's lane: the request, the files of an upload, what it
+//! carries, its chat slot, and whether it has been settled.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use shared::wire::{ChatId, SendRequest};
+use shared::wire::{ChatId, FilePart, SendRequest};
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::acks::Received;
@@ -16,6 +18,10 @@ pub(crate) type LaneKey = (String, ChatId);
 pub(crate) struct Job {
     pub delivery: Received,
     pub request: SendRequest,
+    /// An upload's files (none for a JSON request).
+    pub files: Vec<FilePart>,
+    /// The SHA-256 of each file, by part name, computed when first needed.
+    hashes: OnceCell<HashMap<String, String>>,
     pub carried: Carried,
     /// When its chat's budget lets it go.
     pub slot: Instant,
@@ -28,12 +34,32 @@ pub(crate) struct Job {
 impl Job {
     pub(crate) fn new(
         delivery: Received,
-        request: SendRequest,
+        decoded: Decoded,
         carried: Carried,
         slot: Instant,
         received: Instant,
     ) -> Self {
-        Self { delivery, request, carried, slot, received, settled: AtomicBool::new(false) }
+        let Decoded { request, files } = decoded;
+        let settled = AtomicBool::new(false);
+        Self { delivery, request, files, hashes: OnceCell::new(), carried, slot, received, settled }
+    }
+
+    /// Whether the request carries its files (an upload).
+    pub(crate) fn is_upload(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    /// The SHA-256 of each file, by part name.
+    pub(crate) async fn hashes(&self) -> &HashMap<String, String> {
+        self.hashes
+            .get_or_init(|| async {
+                let mut hashes = HashMap::new();
+                for file in &self.files {
+                    hashes.insert(file.name.clone(), crate::files::sha256(file.bytes.clone()).await);
+                }
+                hashes
+            })
+            .await
     }
 
     pub(crate) fn lane(&self) -> LaneKey {
@@ -47,6 +73,12 @@ impl Job {
     pub(crate) fn is_settled(&self) -> bool {
         self.settled.load(Ordering::SeqCst)
     }
+}
+
+/// A delivery's request and, for an upload, its files.
+pub(crate) struct Decoded {
+    pub request: SendRequest,
+    pub files: Vec<FilePart>,
 }
 
 impl Scheduled for Job {

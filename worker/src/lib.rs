@@ -23,12 +23,14 @@ mod counters;
 mod decide;
 mod delivery;
 mod events;
+mod files;
 pub mod gate;
 mod intake;
 mod job;
 mod lane;
 pub mod lanes;
 mod outbox;
+mod outgoing;
 pub mod pacing;
 mod recent;
 mod summary;
@@ -99,7 +101,11 @@ impl Worker {
             usize::from(config.prefetch).min(config.max_in_flight),
             config.telegram_timeout,
         )?;
-        let bots = build_bots(&config)?;
+        let redis = match &config.common.redis {
+            Some(redis) => Some(RedisStore::new(redis.url.expose(), &redis.key_prefix)?),
+            None => None,
+        };
+        let bots = build_bots(&config, redis.as_ref());
         let amqp = &config.common.amqp;
         let topology = Topology::new(amqp.prefix.clone());
         let publisher = Arc::new(Publisher::new(
@@ -123,6 +129,7 @@ impl Worker {
             recent: Default::default(),
             outbox,
             events,
+            files: files::FileCache::new(redis),
             before_send,
             sends: tokio::sync::Semaphore::new(config.max_in_flight),
             tracker: TaskTracker::new(),
@@ -174,22 +181,20 @@ impl Worker {
 }
 
 /// One [`Bot`] per configured alias, with budgets shared through Redis when it is configured.
-fn build_bots(config: &WorkerConfig) -> anyhow::Result<std::collections::HashMap<String, Arc<Bot>>> {
-    let redis = match &config.common.redis {
-        Some(redis) => Some(RedisStore::new(redis.url.expose(), &redis.key_prefix)?),
-        None => None,
-    };
-    let bots = config
+fn build_bots(
+    config: &WorkerConfig,
+    redis: Option<&RedisStore>,
+) -> std::collections::HashMap<String, Arc<Bot>> {
+    config
         .bots
         .iter()
         .map(|(alias, token)| {
             let token = token.expose();
-            let shared = redis.clone().map(|store| (store, shared::redis_keys::bot_id(token).to_string()));
+            let shared = redis.cloned().map(|store| (store, shared::redis_keys::bot_id(token).to_string()));
             let budgets = Budgets::new(alias, config.limits, config.rate_share, shared);
             (alias.clone(), Arc::new(Bot::new(alias, token, budgets)))
         })
-        .collect();
-    Ok(bots)
+        .collect()
 }
 
 /// The tracked tasks deliveries rely on: the parking task and every bot's two gates.

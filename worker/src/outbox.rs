@@ -43,7 +43,9 @@ impl Held {
 /// A delivery to move to a delay queue: publish the copy (confirmed), then ack the original.
 pub(crate) struct Parking {
     pub held: Held,
-    pub body: Vec<u8>,
+    /// An upload goes to the uploads' delay queues, which lead back to the upload queue.
+    pub upload: bool,
+    pub body: bytes::Bytes,
     /// The copy's properties: the delivery's, with the bookkeeping headers rewritten.
     pub properties: BasicProperties,
     /// How long it should stay away (the tier is the longest not past it).
@@ -134,7 +136,7 @@ impl Outbox {
             exchange: &self.dead_exchange,
             mandatory: true,
             routing_key: delivery.routing_key.as_str(),
-            body: &delivery.data,
+            body: delivery.body(),
             properties,
         };
         // Boxed: the publish future is large, and it is awaited from every lane's task.
@@ -189,7 +191,12 @@ impl Outbox {
             // duplicate.
             return;
         }
-        let queue = self.topology.delay_queue(Topology::tier_for(parking.delay));
+        let tier = Topology::tier_for(parking.delay);
+        let queue = if parking.upload {
+            self.topology.upload_delay_queue(tier)
+        } else {
+            self.topology.delay_queue(tier)
+        };
         let outgoing = Outgoing {
             exchange: "",
             mandatory: true,

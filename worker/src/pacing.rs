@@ -9,6 +9,13 @@
 //! is received, so slots follow receipt order; the global slot is reserved only when the chat slot
 //! has come, so a chat that must wait never holds global slots that other chats could use.
 //! A 429 pauses a chat, or the whole bot, until Telegram's `retry_after` has passed.
+//!
+//! A call may cost several messages (an album, a bulk copy: `cost`). Against a chat it goes at its
+//! slot and moves the chat's budget on by all of them (Telegram lets an album into a chat at once);
+//! against the global budget it takes as many consecutive slots and leaves at the last one, so no
+//! one-second window holds more than the limit. An edit costs its chat one message and the global
+//! budget nothing; a call that sends no message costs nothing (`cost` 0) but still takes its place
+//! in its chat's order.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -105,12 +112,20 @@ impl Budget {
         Self { tat: None }
     }
 
-    /// Reserves the next slot at or after `not_before`; returns the instant the caller may send.
-    fn reserve(&mut self, now: Instant, not_before: Instant, step: Duration, tolerance: Duration) -> Instant {
+    /// Reserves `cost` consecutive slots from the next one at or after `not_before`; returns the
+    /// first, the instant the caller may send.
+    fn reserve(
+        &mut self,
+        now: Instant,
+        not_before: Instant,
+        step: Duration,
+        tolerance: Duration,
+        cost: u32,
+    ) -> Instant {
         let earliest = now.max(not_before);
         let tat = self.tat.map_or(earliest, |tat| tat.max(earliest));
         let slot = tat.checked_sub(tolerance).map_or(earliest, |t| t.max(earliest));
-        self.tat = Some(tat + step);
+        self.tat = Some(tat + step * cost);
         slot
     }
 
@@ -145,8 +160,9 @@ struct Departures {
 }
 
 impl Departures {
-    /// `Ok` records the departure at `now`; `Err` is how long to wait before trying again.
-    fn depart(&mut self, limit: usize, now: Instant) -> Result<(), Duration> {
+    /// `Ok` records `n` departures at `now`; `Err` is how long to wait before trying again. More
+    /// than `limit` at once (an album larger than a worker's share) leave only into an empty window.
+    fn depart(&mut self, limit: usize, n: usize, now: Instant) -> Result<(), Duration> {
         let limit = limit.max(1);
         // A departure more than a second old constrains nothing; without this a high limit (limits
         // off, 10^6/s) would keep every departure ever made.
@@ -154,14 +170,16 @@ impl Departures {
         {
             self.times.pop_front();
         }
-        if self.times.len() >= limit {
-            let oldest = self.times[self.times.len() - limit];
-            let free_at = oldest + Duration::from_secs(1);
+        let room = limit.saturating_sub(n.min(limit));
+        if self.times.len() > room {
+            // The departures that must age out first: all but the last `room`.
+            let blocking = self.times[self.times.len() - room - 1];
+            let free_at = blocking + Duration::from_secs(1);
             if now < free_at {
                 return Err(free_at - now);
             }
         }
-        self.times.push_back(now);
+        self.times.extend(std::iter::repeat_n(now, n));
         while self.times.len() > limit {
             self.times.pop_front();
         }
@@ -221,8 +239,9 @@ impl Pacer {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reserves the chat's next slot, not before `not_before`. Called when a request is received.
-    pub fn reserve_chat(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
+    /// Reserves the chat's next slot, not before `not_before`, for a call of `cost` messages.
+    /// Called when a request is received.
+    pub fn reserve_chat(&self, chat: &ChatId, now: Instant, not_before: Instant, cost: u32) -> Instant {
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
         let mut state = self.lock();
@@ -234,38 +253,44 @@ impl Pacer {
         }
         let paused = state.chat_pauses.get(chat).copied().unwrap_or(now);
         let budgets = state.chats.entry(chat.clone()).or_insert_with(ChatBudgets::new);
-        budgets.slots.reserve(now, not_before.max(paused), step, tolerance)
+        budgets.slots.reserve(now, not_before.max(paused), step, tolerance, cost)
     }
 
     /// Reserves the chat's next *send*, not before `not_before`: called just before sending, so
     /// that whatever the slots said, two sends to one chat are never closer than the chat's limit.
-    pub fn reserve_chat_send(&self, chat: &ChatId, now: Instant, not_before: Instant) -> Instant {
+    pub fn reserve_chat_send(&self, chat: &ChatId, now: Instant, not_before: Instant, cost: u32) -> Instant {
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
         let mut state = self.lock();
         let budgets = state.chats.entry(chat.clone()).or_insert_with(ChatBudgets::new);
-        budgets.sends.reserve(now, not_before, step, tolerance)
+        budgets.sends.reserve(now, not_before, step, tolerance, cost)
     }
 
     /// Records that a send to `chat` actually left at `at` (later than reserved, when the global
     /// budget made it wait), so the next one is spaced from the real send.
-    pub fn record_chat_send(&self, chat: &ChatId, at: Instant) {
+    pub fn record_chat_send(&self, chat: &ChatId, at: Instant, cost: u32) {
         let step = self.limits.chat_interval(chat);
         let tolerance = step * self.limits.chat_burst.saturating_sub(1);
         if let Some(budgets) = self.lock().chats.get_mut(chat) {
-            budgets.sends.push_to((at + step).checked_sub(tolerance).unwrap_or(at));
+            budgets.sends.push_to((at + step * cost).checked_sub(tolerance).unwrap_or(at));
         }
     }
 
     /// Records a slot reserved earlier (by this or another worker) for a request that comes back
     /// from a delay queue, so later requests for the chat are scheduled after it.
-    pub fn observe_chat_slot(&self, chat: &ChatId, slot: Instant) {
+    pub fn observe_chat_slot(&self, chat: &ChatId, slot: Instant, cost: u32) {
         let step = self.limits.chat_interval(chat);
-        self.lock().chats.entry(chat.clone()).or_insert_with(ChatBudgets::new).slots.push_to(slot + step);
+        self.lock()
+            .chats
+            .entry(chat.clone())
+            .or_insert_with(ChatBudgets::new)
+            .slots
+            .push_to(slot + step * cost);
     }
 
-    /// Reserves a slot in the bot's global budget (or the paid-broadcast budget).
-    pub fn reserve_global(&self, paid: bool, now: Instant) -> Instant {
+    /// Reserves `cost` consecutive slots in the bot's global budget (or the paid-broadcast
+    /// budget); returns the last, when the call may leave.
+    pub fn reserve_global(&self, paid: bool, now: Instant, cost: u32) -> Instant {
         let mut state = self.lock();
         let not_before = state.bot_paused_until.unwrap_or(now);
         let (budget, per_sec) = if paid {
@@ -273,7 +298,8 @@ impl Pacer {
         } else {
             (&mut state.global, self.limits.global_per_sec)
         };
-        budget.reserve(now, not_before, self.limits.interval(per_sec), Duration::ZERO)
+        let step = self.limits.interval(per_sec);
+        budget.reserve(now, not_before, step, Duration::ZERO, cost) + step * cost.saturating_sub(1)
     }
 
     /// Takes a global (or paid) slot only if one is free within `slack` of `now`; `false` reserves
@@ -291,13 +317,13 @@ impl Pacer {
         if budget.tat.is_some_and(|tat| tat > now + slack) {
             return false;
         }
-        budget.reserve(now, now, self.limits.interval(per_sec), Duration::ZERO);
+        budget.reserve(now, now, self.limits.interval(per_sec), Duration::ZERO, 1);
         true
     }
 
-    /// Records a send leaving now, or says how long to wait so that no one-second window holds
-    /// more sends than the budget's limit.
-    pub fn depart(&self, paid: bool, now: Instant) -> Result<(), Duration> {
+    /// Records a call of `cost` messages leaving now, or says how long to wait so that no
+    /// one-second window holds more messages than the budget's limit.
+    pub fn depart(&self, paid: bool, now: Instant, cost: u32) -> Result<(), Duration> {
         let mut state = self.lock();
         let (departures, per_sec) = if paid {
             (&mut state.paid_departures, self.limits.paid_per_sec)
@@ -308,7 +334,7 @@ impl Pacer {
         if per_sec >= 100_000.0 {
             return Ok(());
         }
-        departures.depart(per_sec.floor() as usize, now)
+        departures.depart(per_sec.floor() as usize, cost as usize, now)
     }
 
     /// When a send to `chat` is allowed at all, considering only 429 pauses.
@@ -352,16 +378,19 @@ mod tests {
         let mut departures = Departures::default();
         let start = Instant::now();
         for ms in 0..5_000u64 {
-            assert!(departures.depart(1_000_000, start + Duration::from_millis(ms)).is_ok());
+            assert!(departures.depart(1_000_000, 1, start + Duration::from_millis(ms)).is_ok());
         }
         assert!(departures.times.len() <= 1_000, "kept {}", departures.times.len());
         // The rule itself still holds: 3 per second means the 4th waits for the 1st to age out.
         let mut departures = Departures::default();
         for _ in 0..3 {
-            assert!(departures.depart(3, start).is_ok());
+            assert!(departures.depart(3, 1, start).is_ok());
         }
-        assert_eq!(departures.depart(3, start + Duration::from_millis(400)), Err(Duration::from_millis(600)));
-        assert!(departures.depart(3, start + SEC).is_ok());
+        assert_eq!(
+            departures.depart(3, 1, start + Duration::from_millis(400)),
+            Err(Duration::from_millis(600))
+        );
+        assert!(departures.depart(3, 1, start + SEC).is_ok());
     }
 
     /// Telegram's limits without the safety margin, so expected instants are round numbers.
@@ -377,10 +406,11 @@ mod tests {
     async fn one_chat_gets_one_slot_per_second_in_receipt_order() {
         let pacer = Pacer::new(exact());
         let now = Instant::now();
-        let slots: Vec<Duration> = (0..5).map(|_| pacer.reserve_chat(&private(1), now, now) - now).collect();
+        let slots: Vec<Duration> =
+            (0..5).map(|_| pacer.reserve_chat(&private(1), now, now, 1) - now).collect();
         assert_eq!(slots, [0, 1, 2, 3, 4].map(|s| SEC * s));
         // Another chat is not held up by the first one's backlog.
-        assert_eq!(pacer.reserve_chat(&private(2), now, now), now);
+        assert_eq!(pacer.reserve_chat(&private(2), now, now, 1), now);
     }
 
     #[tokio::test(start_paused = true)]
@@ -388,10 +418,10 @@ mod tests {
         let pacer = Pacer::new(Limits { chat_burst: 3, ..exact() });
         let now = Instant::now();
         let group: Vec<Duration> =
-            (0..3).map(|_| pacer.reserve_chat(&ChatId::Id(-100), now, now) - now).collect();
+            (0..3).map(|_| pacer.reserve_chat(&ChatId::Id(-100), now, now, 1) - now).collect();
         // Burst of 3 → all three now; then one every 3 s.
         assert_eq!(group, [Duration::ZERO; 3]);
-        assert_eq!(pacer.reserve_chat(&ChatId::Id(-100), now, now) - now, 3 * SEC);
+        assert_eq!(pacer.reserve_chat(&ChatId::Id(-100), now, now, 1) - now, 3 * SEC);
         let channel = ChatId::Username("@news".into());
         assert_eq!(exact().chat_interval(&channel), 3 * SEC);
     }
@@ -400,7 +430,7 @@ mod tests {
     async fn the_global_budget_spaces_sends_and_never_exceeds_the_limit_in_any_second() {
         let pacer = Pacer::new(exact());
         let start = Instant::now();
-        let slots: Vec<Instant> = (0..300).map(|_| pacer.reserve_global(false, start)).collect();
+        let slots: Vec<Instant> = (0..300).map(|_| pacer.reserve_global(false, start, 1)).collect();
         for window_start in &slots {
             let in_window =
                 slots.iter().filter(|s| **s >= *window_start && **s < *window_start + SEC).count();
@@ -416,10 +446,10 @@ mod tests {
         let pacer = Pacer::new(exact());
         let now = Instant::now();
         for _ in 0..30 {
-            pacer.reserve_global(false, now);
+            pacer.reserve_global(false, now, 1);
         }
-        assert_eq!(pacer.reserve_global(true, now), now, "the paid budget is untouched");
-        assert_eq!(pacer.reserve_global(true, now) - now, Duration::from_millis(1));
+        assert_eq!(pacer.reserve_global(true, now, 1), now, "the paid budget is untouched");
+        assert_eq!(pacer.reserve_global(true, now, 1) - now, Duration::from_millis(1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -429,14 +459,14 @@ mod tests {
         assert!(!pacer.flood(&private(1), now, now + 8 * SEC));
         assert_eq!(pacer.paused_until(&private(1), now), now + 8 * SEC);
         assert_eq!(pacer.paused_until(&private(2), now), now, "other chats go on");
-        assert!(pacer.reserve_chat(&private(1), now, now) >= now + 8 * SEC);
-        assert_eq!(pacer.reserve_global(false, now), now);
+        assert!(pacer.reserve_chat(&private(1), now, now, 1) >= now + 8 * SEC);
+        assert_eq!(pacer.reserve_global(false, now, 1), now);
 
         tokio::time::advance(Duration::from_millis(300)).await;
         let later = Instant::now();
         assert!(pacer.flood(&private(2), later, later + 5 * SEC), "second chat within 1 s: bot-wide");
         assert_eq!(pacer.paused_until(&private(3), later), later + 5 * SEC);
-        assert!(pacer.reserve_global(false, later) >= later + 5 * SEC);
+        assert!(pacer.reserve_global(false, later, 1) >= later + 5 * SEC);
     }
 
     #[tokio::test(start_paused = true)]
@@ -444,26 +474,26 @@ mod tests {
         let pacer = Pacer::new(exact());
         let now = Instant::now();
         let sends: Vec<Duration> =
-            (0..3).map(|_| pacer.reserve_chat_send(&private(1), now, now) - now).collect();
+            (0..3).map(|_| pacer.reserve_chat_send(&private(1), now, now, 1) - now).collect();
         assert_eq!(sends, [Duration::ZERO, SEC, 2 * SEC]);
         // The third send left late (at +2.5 s): the next is spaced from when it really left.
-        pacer.record_chat_send(&private(1), now + Duration::from_millis(2500));
-        assert_eq!(pacer.reserve_chat_send(&private(1), now, now) - now, Duration::from_millis(3500));
+        pacer.record_chat_send(&private(1), now + Duration::from_millis(2500), 1);
+        assert_eq!(pacer.reserve_chat_send(&private(1), now, now, 1) - now, Duration::from_millis(3500));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_taken_elsewhere_pushes_later_reservations_back() {
         let pacer = Pacer::new(exact());
         let now = Instant::now();
-        pacer.observe_chat_slot(&private(9), now + 100 * SEC);
-        assert_eq!(pacer.reserve_chat(&private(9), now, now), now + 101 * SEC);
+        pacer.observe_chat_slot(&private(9), now + 100 * SEC, 1);
+        assert_eq!(pacer.reserve_chat(&private(9), now, now, 1), now + 101 * SEC);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_safety_margin_leaves_room_for_late_sends() {
         let pacer = Pacer::new(Limits::default());
         let start = Instant::now();
-        let slots: Vec<Instant> = (0..31).map(|_| pacer.reserve_global(false, start)).collect();
+        let slots: Vec<Instant> = (0..31).map(|_| pacer.reserve_global(false, start, 1)).collect();
         // 31 sends span more than a second by the margin: 20 ms of lateness still fits.
         assert!(slots[30] - slots[0] >= Duration::from_millis(1020), "{:?}", slots[30] - slots[0]);
     }
@@ -473,13 +503,49 @@ mod tests {
         let pacer = Pacer::new(exact());
         let t0 = Instant::now();
         // The first send left 30 ms late; the next 29 on time.
-        assert_eq!(pacer.depart(false, t0 + Duration::from_millis(30)), Ok(()));
+        assert_eq!(pacer.depart(false, t0 + Duration::from_millis(30), 1), Ok(()));
         for k in 1..30 {
-            assert_eq!(pacer.depart(false, t0 + Duration::from_millis(33 * k + 40)), Ok(()));
+            assert_eq!(pacer.depart(false, t0 + Duration::from_millis(33 * k + 40), 1), Ok(()));
         }
         // The 31st, due at 1000 ms, must wait until a second after the late first one.
-        assert_eq!(pacer.depart(false, t0 + SEC), Err(Duration::from_millis(30)));
-        assert_eq!(pacer.depart(false, t0 + SEC + Duration::from_millis(30)), Ok(()));
+        assert_eq!(pacer.depart(false, t0 + SEC, 1), Err(Duration::from_millis(30)));
+        assert_eq!(pacer.depart(false, t0 + SEC + Duration::from_millis(30), 1), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_album_counts_one_per_message_and_leaves_at_its_last_global_slot() {
+        let pacer = Pacer::new(exact());
+        let now = Instant::now();
+        // Against a private chat it goes at once, and the chat's next message waits ten seconds.
+        assert_eq!(pacer.reserve_chat(&private(1), now, now, 10), now);
+        assert_eq!(pacer.reserve_chat(&private(1), now, now, 1), now + 10 * SEC);
+        // Against the global budget it takes ten slots and leaves at the tenth.
+        let interval = exact().global_interval(false);
+        assert_eq!(pacer.reserve_global(false, now, 10), now + interval * 9);
+        assert_eq!(pacer.reserve_global(false, now, 1), now + interval * 10);
+        // A call that sends nothing keeps its chat's order but moves no budget.
+        assert_eq!(pacer.reserve_chat(&private(2), now, now, 0), now);
+        assert_eq!(pacer.reserve_chat(&private(2), now, now, 1), now);
+    }
+
+    #[test]
+    fn departures_of_several_messages_fit_the_window_together() {
+        let mut departures = Departures::default();
+        let start = Instant::now();
+        for _ in 0..25 {
+            departures.depart(30, 1, start).unwrap();
+        }
+        // Ten more would put 35 in one second: wait for the first five to age out.
+        assert_eq!(
+            departures.depart(30, 10, start + Duration::from_millis(500)),
+            Err(Duration::from_millis(500))
+        );
+        assert!(departures.depart(30, 5, start + Duration::from_millis(500)).is_ok());
+        // More than the limit at once leave into an empty window only.
+        let mut departures = Departures::default();
+        departures.depart(7, 1, start).unwrap();
+        assert!(departures.depart(7, 10, start + Duration::from_millis(10)).is_err());
+        assert!(departures.depart(7, 10, start + SEC).is_ok());
     }
 
     #[test]

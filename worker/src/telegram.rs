@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shared::config::Secret;
-use shared::wire::Method;
+use shared::wire::{FilePart, Method};
 use teloxide_core::Bot;
 use url::Url;
 
@@ -43,15 +43,25 @@ pub struct ApiResponse {
 
 /// What the worker reads of a successful call's `result`: the ids of the messages it made — one for
 /// a `Message` or a `MessageId`, several for an array of them (an album, `copyMessages`), none for
-/// `true`. The rest of a `Message` (sender, chat, entities, …) is skipped without being built,
-/// which spares a dozen allocations per delivery.
+/// `true` — and the `file_id` of each message's file (for the file cache). The rest of a
+/// `Message` (sender, chat, entities, …) is skipped without being built, which spares a dozen
+/// allocations per delivery.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SentResult {
     pub message_ids: Vec<i64>,
+    /// Per message, in order: the `file_id` of its file, if it has one.
+    pub file_ids: Vec<Option<String>>,
 }
 
-/// The `message_id` of one object, skipping every other member without building it.
-struct MessageIdOf(Option<i64>);
+/// The `message_id` of one object, and the `file_id` of its file, skipping every other member
+/// without building it.
+struct MessageIdOf(Option<i64>, Option<String>);
+
+/// A file object's `file_id`.
+#[derive(Deserialize)]
+struct FileIdOf {
+    file_id: Option<String>,
+}
 
 impl<'de> Deserialize<'de> for MessageIdOf {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -72,19 +82,40 @@ impl<'de> Deserialize<'de> for MessageIdOf {
                 #[serde(field_identifier, rename_all = "snake_case")]
                 enum Field {
                     MessageId,
+                    /// Sizes of a photo, smallest first.
+                    Photo,
+                    Video,
+                    Animation,
+                    Audio,
+                    Voice,
+                    VideoNote,
+                    Document,
+                    Sticker,
                     #[serde(other)]
                     Other,
                 }
                 let mut message_id = None;
+                let mut file_id = None;
                 while let Some(key) = map.next_key::<Field>()? {
                     match key {
                         Field::MessageId => message_id = map.next_value::<serde_json::Value>()?.as_i64(),
+                        Field::Photo => {
+                            let sizes = map.next_value::<Vec<FileIdOf>>().unwrap_or_default();
+                            file_id = sizes.into_iter().next_back().and_then(|largest| largest.file_id);
+                        }
+                        Field::Video
+                        | Field::Animation
+                        | Field::Audio
+                        | Field::Voice
+                        | Field::VideoNote
+                        | Field::Document
+                        | Field::Sticker => file_id = map.next_value::<FileIdOf>()?.file_id,
                         Field::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                Ok(MessageIdOf(message_id))
+                Ok(MessageIdOf(message_id, file_id))
             }
         }
 
@@ -106,19 +137,21 @@ impl<'de> Deserialize<'de> for SentResult {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SentResult, A::Error> {
-                let MessageIdOf(id) =
+                let MessageIdOf(id, file_id) =
                     MessageIdOf::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(SentResult { message_ids: id.into_iter().collect() })
+                Ok(SentResult { message_ids: id.into_iter().collect(), file_ids: vec![file_id] })
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SentResult, A::Error> {
-                let mut message_ids = Vec::new();
+                let mut result = SentResult::default();
                 while let Some(item) = seq.next_element::<serde_json::Value>()? {
-                    if let Some(id) = item.get("message_id").and_then(serde_json::Value::as_i64) {
-                        message_ids.push(id);
+                    let Ok(MessageIdOf(id, file_id)) = MessageIdOf::deserialize(item) else { continue };
+                    if let Some(id) = id {
+                        result.message_ids.push(id);
+                        result.file_ids.push(file_id);
                     }
                 }
-                Ok(SentResult { message_ids })
+                Ok(result)
             }
 
             fn visit_bool<E>(self, _: bool) -> Result<SentResult, E> {
@@ -167,8 +200,12 @@ pub struct Telegram {
     tokens: Vec<String>,
 }
 
-/// Methods whose URLs are prepared up front.
-const KNOWN_METHODS: [&str; 4] = ["sendMessage", "sendPhoto", "sendDocument", "getMe"];
+/// What one call sends: the params as JSON, or (for an upload) as `multipart/form-data` with the
+/// files the params refer to with `attach://<part>`.
+pub enum Body<'a> {
+    Json(Vec<u8>),
+    Multipart { params: &'a serde_json::Map<String, serde_json::Value>, files: Vec<&'a FilePart> },
+}
 
 impl Telegram {
     /// Builds the shared `reqwest::Client` and one `Bot` per alias. `pool_size` is how many idle
@@ -194,32 +231,28 @@ impl Telegram {
             })
             .collect::<HashMap<_, _>>();
         let tokens = bots.values().map(|b| b.token().to_string()).collect();
+        let methods = Method::ALL.iter().map(|m| m.as_str()).chain(["getMe"]);
         let urls = bots
             .iter()
-            .flat_map(|(alias, bot)| KNOWN_METHODS.map(|m| ((alias.clone(), m), method_url(bot, m))))
+            .flat_map(|(alias, bot)| methods.clone().map(move |m| ((alias.clone(), m), method_url(bot, m))))
             .collect();
         Ok(Self { bots, urls, tokens })
     }
 
-    /// Calls `method` for bot `alias` with a JSON body. Never fails: every failure is a
-    /// [`RawAnswer`] for the classifier. `None` when the alias is unknown.
-    pub async fn call(&self, alias: &str, method: &str, body: Vec<u8>) -> Option<RawAnswer> {
+    /// Calls `method` for bot `alias`. Never fails: every failure is a [`RawAnswer`] for the
+    /// classifier. `None` when the alias is unknown.
+    pub async fn call(&self, alias: &str, method: &str, body: Body<'_>) -> Option<RawAnswer> {
         let bot = self.bots.get(alias)?;
-        let url = match KNOWN_METHODS.iter().find(|m| **m == method) {
-            Some(known) => self
-                .urls
-                .get(&(alias.to_string(), *known))
-                .cloned()
-                .unwrap_or_else(|| method_url(bot, method)),
+        let url = match self.urls.get(&(alias.to_string(), method)) {
+            Some(url) => url.clone(),
             None => method_url(bot, method),
         };
-        let response = bot
-            .client()
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
+        let request = bot.client().post(url);
+        let request = match body {
+            Body::Json(json) => request.header(reqwest::header::CONTENT_TYPE, "application/json").body(json),
+            Body::Multipart { params, files } => request.multipart(multipart_form(params, &files)),
+        };
+        let response = request.send().await;
         let answer = match response {
             Err(e) => transport_failure(e),
             Ok(response) => {
@@ -243,8 +276,8 @@ impl Telegram {
         }
     }
 
-    /// Sends one request's params with `method` (sendMessage, …).
-    pub async fn send(&self, alias: &str, method: Method, body: Vec<u8>) -> Option<RawAnswer> {
+    /// Sends one request with `method` (sendMessage, …).
+    pub async fn send(&self, alias: &str, method: Method, body: Body<'_>) -> Option<RawAnswer> {
         self.call(alias, method.as_str(), body).await
     }
 
@@ -260,6 +293,33 @@ fn method_url(bot: &Bot, method: &str) -> Url {
         segments.pop_if_empty().push(&format!("bot{}", bot.token())).push(method);
     }
     url
+}
+
+/// The params as text fields (strings as they are, everything else as JSON, as Telegram reads
+/// form fields) and one file part per attachment, named as the params refer to it.
+fn multipart_form(
+    params: &serde_json::Map<String, serde_json::Value>,
+    files: &[&FilePart],
+) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new();
+    for (name, value) in params {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        form = form.text(name.clone(), text);
+    }
+    for file in files {
+        // The bytes are shared with the delivery, not copied.
+        let part = || {
+            let body = reqwest::Body::from(file.bytes.clone());
+            reqwest::multipart::Part::stream_with_length(body, file.bytes.len() as u64)
+                .file_name(file.file_name.clone())
+        };
+        let typed = file.content_type.as_deref().and_then(|content_type| part().mime_str(content_type).ok());
+        form = form.part(file.name.clone(), typed.unwrap_or_else(part));
+    }
+    form
 }
 
 fn transport_failure(error: reqwest::Error) -> RawAnswer {
@@ -285,7 +345,7 @@ mod tests {
         let parse = |json: &str| serde_json::from_str::<ApiResponse>(json).map(|r| r.result);
         let message = r#"{"ok":true,"result":{"message_id":42,"from":{"id":1,"is_bot":true},
             "chat":{"id":-5,"type":"group"},"date":1,"text":"hi \"there\"","entities":[{"type":"bold"}]}}"#;
-        assert_eq!(parse(message).unwrap(), Some(SentResult { message_ids: vec![42] }));
+        assert_eq!(parse(message).unwrap(), Some(SentResult { message_ids: vec![42], file_ids: vec![None] }));
         let album =
             r#"{"ok":true,"result":[{"message_id":1,"date":1},{"message_id":2,"photo":[{"file_id":"x"}]}]}"#;
         assert_eq!(parse(album).unwrap().unwrap().message_ids, [1, 2]);

@@ -1,6 +1,8 @@
-//! `POST /v1/messages/batch`: a JSON array of 1 to 1000 requests. Each item is validated and
-//! published on its own, as it came; the answer lists every item's fate (`202` with its id, `400`
-//! or `413` with the error, `503`), with status 202 when every item was accepted and 207 otherwise.
+//! `POST /v1/messages/batch`: a JSON array of 1 to 1000 requests — or, as an upload
+//! (`multipart/form-data`), that array in a `request` part and the files its items refer to. Each
+//! item is validated and published on its own; the answer lists every item's fate (`202` with its
+//! id and any warnings, `400` or `413` with the error, `503`), with status 202 when every item was
+//! accepted and 207 otherwise.
 //!
 //! The array is split without building its items: each is kept as the slice of the body it spans,
 //! and splitting stops at item 1001, so the memory a batch takes is bounded by the body limit
@@ -8,50 +10,110 @@
 
 use std::fmt;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::join_all;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
-use serde_json::json;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use shared::wire::upload::{is_multipart, FilePart, Parts, Upload};
 use shared::wire::SendRequest;
 
-use super::{read_body, ApiError, AppState, APP_ID};
+use super::send::Accepted;
+use super::{read_body, upload_error, ApiError, AppState, APP_ID};
 use crate::config::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_SINGLE_BODY_BYTES};
 
-pub(super) async fn send_batch(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let body = read_body(&state, body, MAX_BATCH_BODY_BYTES).await?;
-    let items = batch_items(&body)?;
-    let publisher = &state.publisher;
-    let results = join_all(items.into_iter().enumerate().map(|(index, item)| async move {
-        let document = item.get().as_bytes();
-        if document.len() > MAX_SINGLE_BODY_BYTES {
-            let error = ApiError::TooLarge(MAX_SINGLE_BODY_BYTES);
-            return json!({"index": index, "status": 413, "error": error.body()});
-        }
-        let request = match SendRequest::from_json(document) {
-            Ok(request) => request,
-            Err(e) => {
-                return json!({"index": index, "status": 400,
-                    "error": {"code": e.code, "message": e.message, "field": e.field}})
-            }
-        };
-        match publisher.publish_document(&request, document, APP_ID).await {
-            Ok(()) => json!({"index": index, "status": 202, "id": request.id()}),
-            Err(error) => {
-                let error = ApiError::Unavailable(error);
-                json!({"index": index, "status": 503, "id": request.id(), "error": error.body()})
-            }
-        }
-    }))
+pub(super) async fn send_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let (document, files) = if is_multipart(content_type) {
+        let body = read_body(&state, body, MAX_BATCH_BODY_BYTES + state.max_upload_body()).await?;
+        let parts = Parts::read(content_type, body, state.max_upload_bytes).await.map_err(upload_error)?;
+        (parts.document, parts.files)
+    } else {
+        (read_body(&state, body, MAX_BATCH_BODY_BYTES).await?, Vec::new())
+    };
+    let items = batch_items(&document)?;
+    let (state, files) = (&state, &files);
+    let published = join_all(
+        items.into_iter().enumerate().map(|(index, item)| publish_item(state, index, item, &document, files)),
+    )
     .await;
+    let used: std::collections::BTreeSet<String> =
+        published.iter().flat_map(|(_, used)| used.iter().cloned()).collect();
+    let results: Vec<Value> = published.into_iter().map(|(result, _)| result).collect();
     let accepted = results.iter().filter(|r| r["status"] == 202).count();
     let status = if accepted == results.len() { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
-    let body = json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results});
+    let mut body = json!({"accepted": accepted, "rejected": results.len() - accepted, "results": results});
+    let unused: Vec<Value> = files
+        .iter()
+        .filter(|f| !used.contains(&f.name))
+        .map(|f| json!({"field": format!("files.{}", f.name), "message": "is not referred to by any item; not sent"}))
+        .collect();
+    if !unused.is_empty() {
+        body["warnings"] = Value::Array(unused);
+    }
     Ok((status, Json(body)).into_response())
+}
+
+/// Validates and publishes one item; its entry in the answer, and the file parts it refers to.
+async fn publish_item(
+    state: &AppState,
+    index: usize,
+    item: &RawValue,
+    document: &Bytes,
+    files: &[FilePart],
+) -> (Value, Vec<String>) {
+    let text = item.get().as_bytes();
+    if text.len() > MAX_SINGLE_BODY_BYTES {
+        let error = ApiError::TooLarge(MAX_SINGLE_BODY_BYTES);
+        return (json!({"index": index, "status": 413, "error": error.body()}), Vec::new());
+    }
+    let refused = |e: shared::wire::WireError| {
+        let entry = json!({"index": index, "status": 400, "error": {"code": e.code, "message": e.message, "field": e.field}});
+        (entry, Vec::new())
+    };
+    let (request, published) = if files.is_empty() {
+        let request = match SendRequest::from_json(text) {
+            Ok(request) => request,
+            Err(e) => return refused(e),
+        };
+        let published = state.publisher.publish_document(&request, text, APP_ID).await;
+        (request, published)
+    } else {
+        let slice = document.slice_ref(text);
+        let upload = match Upload::batch_item(slice, files, shared::wire::new_request_id) {
+            Ok(upload) => upload,
+            Err(e) => return refused(e),
+        };
+        let published = if upload.files.is_empty() {
+            state.publisher.publish_document(&upload.request, text, APP_ID).await
+        } else {
+            let (content_type, encoded) = upload.encode();
+            state.publisher.publish_upload(&upload.request, &content_type, &encoded, APP_ID).await
+        };
+        (upload.request, published)
+    };
+    let used = request.attachments().iter().cloned().collect();
+    let entry = match published {
+        Ok(()) => {
+            let mut entry = serde_json::to_value(Accepted::of(&request)).unwrap_or_default();
+            entry["index"] = json!(index);
+            entry["status"] = json!(202);
+            entry
+        }
+        Err(error) => {
+            let error = ApiError::Unavailable(error);
+            json!({"index": index, "status": 503, "id": request.id(), "error": error.body()})
+        }
+    };
+    (entry, used)
 }
 
 /// The items of a batch, each as its own JSON text. Splitting checks the JSON's syntax, not what

@@ -17,6 +17,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("the body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    #[error("{0}")]
+    UploadTooLarge(String),
     #[error("the body was not received within {0} s")]
     BodyTimeout(u64),
     #[error("the body could not be read")]
@@ -41,7 +43,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::BodyUnreadable => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::UploadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -55,7 +57,7 @@ impl ApiError {
             other => {
                 let code = match other {
                     ApiError::Unauthorized => "unauthorized",
-                    ApiError::TooLarge(_) => "too_large",
+                    ApiError::TooLarge(_) | ApiError::UploadTooLarge(_) => "too_large",
                     ApiError::BodyTimeout(_) => "body_timeout",
                     ApiError::BodyUnreadable => "unreadable_body",
                     ApiError::Unavailable(_) => "broker_unavailable",

@@ -36,18 +36,42 @@ pub struct AppState {
     api_keys: Arc<Vec<Secret<String>>>,
     /// How long a request's body may take to arrive (`DISPATCHER_BODY_TIMEOUT_SECS`).
     body_timeout: Duration,
+    /// The most file bytes one upload carries (`DISPATCHER_MAX_UPLOAD_BYTES`).
+    max_upload_bytes: usize,
     /// The last readiness answered, so that a change is logged once.
     ready: Arc<AtomicBool>,
 }
 
 impl AppState {
-    pub fn new(publisher: Publisher, api_keys: Vec<Secret<String>>, body_timeout: Duration) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        api_keys: Vec<Secret<String>>,
+        body_timeout: Duration,
+        max_upload_bytes: usize,
+    ) -> Self {
         Self {
             publisher: Arc::new(publisher),
             api_keys: Arc::new(api_keys),
             body_timeout,
+            max_upload_bytes,
             ready: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// The largest upload body read: the files, the request, and room for the encoding.
+    fn max_upload_body(&self) -> usize {
+        self.max_upload_bytes + shared::wire::MAX_REQUEST_BYTES + UPLOAD_ENCODING_ROOM
+    }
+}
+
+/// Bytes an upload's multipart encoding may add to its files and its request.
+const UPLOAD_ENCODING_ROOM: usize = 64 * 1024;
+
+/// An upload's refusal: 400 naming the field, or 413.
+fn upload_error(error: shared::wire::upload::UploadError) -> ApiError {
+    match error {
+        shared::wire::upload::UploadError::Invalid(error) => ApiError::BadRequest(error),
+        shared::wire::upload::UploadError::TooLarge(why) => ApiError::UploadTooLarge(why),
     }
 }
 

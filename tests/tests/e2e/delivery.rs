@@ -59,7 +59,7 @@ async fn a_malformed_body_is_dead_lettered_with_a_reason_and_the_worker_keeps_go
     let worker = env.spawn_worker().await;
     env.publish_raw(b"this is not json", BasicProperties::default().with_message_id("bad-1".into())).await;
     env.publish_raw(
-        br#"{"method":"sendMessage","params":{"chat_id":5,"text":"x","colour":"red"}}"#,
+        br#"{"method":"sendMessage","params":{"chat_id":5,"text":"x","disable_notification":"yes"}}"#,
         BasicProperties::default(),
     )
     .await;
@@ -72,7 +72,7 @@ async fn a_malformed_body_is_dead_lettered_with_a_reason_and_the_worker_keeps_go
     assert_eq!(dead[0].delivery.data, b"this is not json", "the body is kept as it was");
     assert_eq!(dead[0].delivery.properties.message_id().as_ref().map(|m| m.as_str()), Some("bad-1"));
     let reason = header(&dead[1].delivery.properties, "x-tg-error").expect("x-tg-error header");
-    assert!(reason.contains("params.colour"), "names the field: {reason}");
+    assert!(reason.contains("params.disable_notification"), "names the field: {reason}");
 
     // Still healthy: a good message after the bad ones is delivered.
     env.publish_raw(

@@ -24,10 +24,10 @@ async fn each_bad_input_is_refused_with_400_naming_the_field_and_nothing_is_publ
             "params.parse_mode",
         ),
         (
-            json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x", "caption": "c"}}),
-            "params.caption",
+            json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x", "entities": "bold"}}),
+            "params.entities",
         ),
-        (json!({"method": "sendSticker", "params": {"chat_id": 1}}), "method"),
+        (json!({"method": "getUpdates", "params": {"chat_id": 1}}), "method"),
         (json!({"method": "sendMessage", "params": {"chat_id": 1, "text": "x"}, "priority": 1}), "priority"),
         (json!({"id": "white space", "method": "sendMessage", "params": {"chat_id": 1, "text": "x"}}), "id"),
         (json!({"method": "sendPhoto", "params": {"chat_id": 1, "photo": "ftp://x/y.png"}}), "params.photo"),
@@ -239,6 +239,9 @@ async fn the_cli_publishes_one_request_with_a_confirm() {
     let args = dispatcher::cli::SendArgs {
         chat_id: Some("-1001".into()),
         text: Some("from the cli".into()),
+        photo: None,
+        document: None,
+        caption: None,
         parse_mode: None,
         bot: None,
         id: Some("cli-1".into()),
