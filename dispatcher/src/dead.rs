@@ -1,6 +1,7 @@
 //! Operator tools for the dead-letter queue: list, show, replay and purge. Listing reads messages
 //! without acknowledging them and closes the channel, so the broker puts every one back; replaying
-//! re-publishes a dead letter to the send exchange with a confirm — stripped of its failure
+//! re-publishes a dead letter to the exchange it belongs to (uploads to the upload exchange) with a
+//! confirm — stripped of its failure
 //! headers, so it starts with a fresh attempt count — and only then removes it from the dead queue.
 
 use std::collections::HashSet;
@@ -16,6 +17,7 @@ use serde_json::Value;
 use shared::amqp::{connect, inspect_queue, Outgoing, Publisher};
 use shared::config::AmqpSettings;
 use shared::topology::{Topology, HEADER_BOT, HEADER_DEAD_AT, HEADER_ERROR, HEADER_ERROR_CLASS};
+use shared::wire::upload::{is_multipart, Parts};
 
 /// One dead letter, as shown to an operator.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,12 +30,26 @@ pub struct DeadLetter {
     pub bot: Option<String>,
     /// Unix seconds.
     pub dead_at: Option<u64>,
-    /// The body as JSON when it is JSON, else as text.
+    /// The body as JSON when it is JSON; for an upload, its request and a list of its files
+    /// (name, file name, size); else as text.
     pub body: Value,
+    /// The message is an upload (`multipart/form-data`).
+    #[serde(skip)]
+    upload: bool,
 }
 
 impl DeadLetter {
-    fn from_message(message: &BasicGetMessage) -> Self {
+    async fn from_message(message: &BasicGetMessage) -> Self {
+        let delivery = &message.delivery;
+        let content_type =
+            delivery.properties.content_type().as_ref().map(|c| c.to_string()).unwrap_or_default();
+        let upload = is_multipart(&content_type);
+        let body =
+            if upload { upload_body(&content_type, &delivery.data).await } else { json_body(&delivery.data) };
+        Self::with_body(message, body, upload)
+    }
+
+    fn with_body(message: &BasicGetMessage, body: Value, upload: bool) -> Self {
         let delivery = &message.delivery;
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         let header = |name: &str| match headers.inner().get(name) {
@@ -41,9 +57,10 @@ impl DeadLetter {
             Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
             _ => None,
         };
-        let body: Value = serde_json::from_slice(&delivery.data)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&delivery.data).into_owned()));
         let id = body
+            .get("request")
+            .filter(|_| upload)
+            .unwrap_or(&body)
             .get("id")
             .and_then(Value::as_str)
             .map(str::to_string)
@@ -56,7 +73,27 @@ impl DeadLetter {
             Some(AMQPValue::Timestamp(t)) => Some(*t),
             _ => death.and_then(|(_, time)| time),
         };
-        Self { id, reason, class: header(HEADER_ERROR_CLASS), bot: header(HEADER_BOT), dead_at, body }
+        Self { id, reason, class: header(HEADER_ERROR_CLASS), bot: header(HEADER_BOT), dead_at, body, upload }
+    }
+}
+
+/// A body as JSON when it is JSON, else as text.
+fn json_body(data: &[u8]) -> Value {
+    serde_json::from_slice(data).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(data).into_owned()))
+}
+
+/// An upload's body for people: its request, and its files without their bytes.
+async fn upload_body(content_type: &str, data: &[u8]) -> Value {
+    match Parts::read(content_type, bytes::Bytes::copy_from_slice(data), usize::MAX).await {
+        Ok(parts) => {
+            let files: Vec<Value> = parts
+                .files
+                .iter()
+                .map(|f| serde_json::json!({"name": f.name, "file_name": f.file_name, "size": f.bytes.len()}))
+                .collect();
+            serde_json::json!({"request": json_body(&parts.document), "files": files})
+        }
+        Err(error) => Value::String(format!("an upload that cannot be read: {error}")),
     }
 }
 
@@ -149,7 +186,7 @@ pub async fn list(settings: &AmqpSettings, limit: usize) -> anyhow::Result<Vec<D
     let mut letters = Vec::new();
     while letters.len() < limit {
         match dead.next().await {
-            Ok(Some(message)) => letters.push(DeadLetter::from_message(&message)),
+            Ok(Some(message)) => letters.push(DeadLetter::from_message(&message).await),
             Ok(None) => break,
             Err(e) => {
                 dead.close().await;
@@ -168,7 +205,7 @@ pub async fn show(settings: &AmqpSettings, id: &str) -> anyhow::Result<Option<De
     loop {
         match dead.next().await {
             Ok(Some(message)) => {
-                let letter = DeadLetter::from_message(&message);
+                let letter = DeadLetter::from_message(&message).await;
                 if letter.id.as_deref() == Some(id) {
                     found = Some(letter);
                     break;
@@ -200,11 +237,12 @@ pub async fn replay(
     selection: &Selection,
 ) -> anyhow::Result<Vec<Option<String>>> {
     let dead = DeadQueue::open(settings).await?;
-    let exchange = Topology::new(settings.prefix.clone()).send_exchange();
+    let topology = Topology::new(settings.prefix.clone());
+    let (send_exchange, upload_exchange) = (topology.send_exchange(), topology.upload_exchange());
     let mut replayed = Vec::new();
     let outcome: anyhow::Result<()> = async {
         while let Some(message) = dead.next().await? {
-            let letter = DeadLetter::from_message(&message);
+            let letter = DeadLetter::from_message(&message).await;
             let selected = match selection {
                 Selection::All => true,
                 Selection::Ids(ids) => letter.id.as_ref().is_some_and(|id| ids.contains(id)),
@@ -218,7 +256,7 @@ pub async fn replay(
             let routing_key = letter.bot.clone().unwrap_or_else(|| delivery.routing_key.to_string());
             publisher
                 .publish(Outgoing {
-                    exchange: &exchange,
+                    exchange: if letter.upload { &upload_exchange } else { &send_exchange },
                     mandatory: true,
                     routing_key: &routing_key,
                     body: &delivery.data,

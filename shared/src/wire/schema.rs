@@ -170,6 +170,15 @@ fn type_schema(ty: Ty) -> Value {
 }
 
 #[test]
+fn the_event_schema_names_every_method() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/delivery-event.v1.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the event schema")).expect("JSON");
+    let names: Vec<&str> = Method::ALL.iter().map(|m| m.as_str()).collect();
+    assert_eq!(schema["properties"]["method"]["enum"], json!(names));
+}
+
+#[test]
 fn the_schema_file_is_what_the_method_table_gives() {
     assert_eq!(TOP_LEVEL_FIELDS.len(), schema()["properties"].as_object().map_or(0, Map::len));
     let generated = serde_json::to_string_pretty(&schema()).expect("JSON") + "\n";

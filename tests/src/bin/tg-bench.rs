@@ -25,8 +25,26 @@ struct Cli {
 enum Scenario {
     /// A backlog to distinct chats at Telegram's limits: achieved rate, max per 1-s window, 429s.
     Pacing {
+        /// Messages in the backlog.
         #[arg(long, default_value_t = 600)]
         n: usize,
+        /// How many of them are sent as albums of 5 (each album counts as 5 messages).
+        #[arg(long, default_value_t = 0)]
+        albums: usize,
+    },
+    /// Uploads waiting at once: the time to deliver them and the worker's peak RSS.
+    Uploads {
+        #[arg(long, default_value_t = 50)]
+        n: usize,
+        /// Size of each upload, in MiB.
+        #[arg(long, default_value_t = 10)]
+        mib: usize,
+        /// Milliseconds the sandbox takes per call (Telegram receiving the upload).
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+        /// The worker binary to measure (default: tg-worker next to this binary).
+        #[arg(long)]
+        worker: Option<std::path::PathBuf>,
     },
     /// The product against the broker's own ceiling: raw lapin, dispatcher ingress, worker
     /// throughput (instant and +50 ms Telegram), end-to-end latency, worker RSS and idle CPU.
@@ -113,7 +131,21 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.scenario {
-        Scenario::Pacing { n } => tests::bench::pacing(&cli.amqp_url, n).await,
+        Scenario::Pacing { n, albums } => tests::bench::pacing(&cli.amqp_url, n, albums).await,
+        Scenario::Uploads { n, mib, latency_ms, worker } => {
+            let worker = match worker {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("tg-worker"),
+            };
+            tests::bench::uploads(
+                &cli.amqp_url,
+                &worker,
+                n,
+                mib,
+                std::time::Duration::from_millis(latency_ms),
+            )
+            .await
+        }
         Scenario::BareLoop => tests::bench::bare_loop(&cli.amqp_url).await.map(|()| String::new()),
         Scenario::HeadOfLine { busy, others } => {
             tests::bench::head_of_line(&cli.amqp_url, busy, others).await

@@ -3,11 +3,22 @@
 
 #[tokio::test]
 async fn the_pacing_benchmark_runs_and_prints_its_table() {
-    let table = tests::bench::pacing(&crate::helpers::amqp_url(), 10).await.expect("benchmark ran");
-    for line in ["delivered", "achieved rate", "max sends in any 1-s window", "429s received"] {
+    let table = tests::bench::pacing(&crate::helpers::amqp_url(), 10, 1).await.expect("benchmark ran");
+    for line in ["messages delivered", "achieved rate", "max messages in any 1-s window", "429s received"] {
         assert!(table.contains(line), "missing {line:?} in:\n{table}");
     }
     assert!(table.contains("10/10"), "{table}");
+}
+
+#[tokio::test]
+async fn the_uploads_benchmark_runs_and_prints_its_table() {
+    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_tg-worker-e2e"));
+    let table = tests::bench::uploads(&crate::helpers::amqp_url(), worker, 3, 1, std::time::Duration::ZERO)
+        .await
+        .expect("benchmark ran");
+    for line in ["delivered", "3/3", "upload prefetch", "worker peak RSS (MiB)"] {
+        assert!(table.contains(line), "missing {line:?} in:\n{table}");
+    }
 }
 
 #[tokio::test]

@@ -16,3 +16,4 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod pacing;
+mod sending;
