@@ -1,59 +1,245 @@
-//! Log set-up shared by both daemons: one compact, coloured line per event on a terminal, one JSON
-//! object per line with `LOG_FORMAT=json` (or when stderr is not a terminal and `LOG_FORMAT` is
-//! unset, as in containers). Every line carries the instance name. Building the subscriber is
-//! separate from installing it so tests can capture output. Filtering comes from `RUST_LOG`
-//! (default `info`).
+//! Log set-up shared by both daemons: one line per event, in one of two formats (`LOG_FORMAT`).
+//!
+//! - **text**, for people (`docker compose logs -f worker`, a terminal): time, level, instance,
+//!   then what happened — an event's `outcome` (`delivered`, `retrying`, …) or its message — then
+//!   its fields and those of the spans it happened in, each once, as `key=value`. The fields a
+//!   person looks for come first, in a fixed order: bot, chat, method, latency, attempt, id.
+//! - **json**, for log shippers: one object per line with `timestamp`, `level`, `instance`,
+//!   `target`, `message` when there is one, and every field of the event and its spans at the top
+//!   level, each once under its own name.
+//!
+//! Building the subscriber is separate from installing it, so tests capture the output. Filtering
+//! comes from `RUST_LOG` (default `info`).
 
-use std::fmt;
-use std::io::IsTerminal;
+use std::fmt::{self, Write as _};
+use std::io::{IsTerminal, Write as _};
 
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Puts the instance name on every line: first word in text, an `"instance"` field in JSON.
-struct WithInstance<F> {
-    instance: String,
-    inner: F,
-    json: bool,
-    ansi: bool,
+/// Fields shown first on a text line, in this order.
+const LEADING: [&str; 6] = ["bot", "chat", "method", "latency_ms", "attempt", "id"];
+
+/// One field's value, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+enum FieldValue {
+    Str(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
 }
 
-impl<S, N, F> FormatEvent<S, N> for WithInstance<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        if self.json {
-            let mut line = String::new();
-            self.inner.format_event(ctx, Writer::new(&mut line), event)?;
-            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line.trim_end()) {
-                Ok(mut object) => {
-                    object.insert("instance".into(), self.instance.clone().into());
-                    writeln!(writer, "{}", serde_json::Value::Object(object))
-                }
-                Err(_) => writer.write_str(&line),
-            }
-        } else {
-            if self.ansi {
-                write!(writer, "\x1b[2m{}\x1b[0m ", self.instance)?;
-            } else {
-                write!(writer, "{} ", self.instance)?;
-            }
-            self.inner.format_event(ctx, writer, event)
+impl FieldValue {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            FieldValue::Str(s) => s.as_str().into(),
+            FieldValue::I64(n) => (*n).into(),
+            FieldValue::U64(n) => (*n).into(),
+            FieldValue::F64(n) => (*n).into(),
+            FieldValue::Bool(b) => (*b).into(),
         }
     }
+
+    /// The value on a text line: bare when it needs no quotes, else quoted.
+    fn write_text(&self, out: &mut String) {
+        match self {
+            FieldValue::Str(s)
+                if !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') =>
+            {
+                out.push_str(s)
+            }
+            FieldValue::Str(s) => {
+                let _ = write!(out, "{s:?}");
+            }
+            FieldValue::I64(n) => {
+                let _ = write!(out, "{n}");
+            }
+            FieldValue::U64(n) => {
+                let _ = write!(out, "{n}");
+            }
+            FieldValue::F64(n) => {
+                let _ = write!(out, "{n}");
+            }
+            FieldValue::Bool(b) => {
+                let _ = write!(out, "{b}");
+            }
+        }
+    }
+}
+
+/// Fields in the order they were recorded; a field recorded again replaces its value.
+#[derive(Debug, Default, Clone)]
+struct Fields(Vec<(&'static str, FieldValue)>);
+
+impl Fields {
+    fn set(&mut self, name: &'static str, value: FieldValue) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&FieldValue> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set(field.name(), FieldValue::Str(value.to_string()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field.name(), FieldValue::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.set(field.name(), FieldValue::U64(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.set(field.name(), FieldValue::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.set(field.name(), FieldValue::Bool(value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.set(field.name(), FieldValue::Str(format!("{value:?}")));
+    }
+}
+
+/// Writes one line per event, with the fields of the spans it happened in.
+struct LineLayer<W> {
+    format: LogFormat,
+    instance: String,
+    ansi: bool,
+    writer: W,
+}
+
+impl<S, W> Layer<S> for LineLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            if let Some(fields) = span.extensions_mut().get_mut::<Fields>() {
+                values.record(fields);
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        // The innermost span's fields win over the outer ones'; the event's over every span's.
+        let mut spans = Fields::default();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(span_fields) = span.extensions().get::<Fields>() {
+                    for (name, value) in &span_fields.0 {
+                        spans.set(name, value.clone());
+                    }
+                }
+            }
+        }
+        for (name, value) in spans.0 {
+            if fields.get(name).is_none() {
+                fields.0.push((name, value));
+            }
+        }
+        let metadata = event.metadata();
+        let line = match self.format {
+            LogFormat::Text => self.text_line(*metadata.level(), fields),
+            LogFormat::Json => self.json_line(*metadata.level(), metadata.target(), fields),
+        };
+        let _ = self.writer.make_writer().write_all(line.as_bytes());
+    }
+}
+
+impl<W> LineLayer<W> {
+    fn text_line(&self, level: Level, mut fields: Fields) -> String {
+        let mut line = String::with_capacity(160);
+        let _ = write!(line, "{} ", humantime::format_rfc3339_millis(std::time::SystemTime::now()));
+        let level_name = level.as_str();
+        if self.ansi {
+            let colour = match level {
+                Level::ERROR => "31",
+                Level::WARN => "33",
+                Level::INFO => "32",
+                _ => "2",
+            };
+            let _ = write!(line, "\x1b[{colour}m{level_name}\x1b[0m \x1b[2m{}\x1b[0m", self.instance);
+        } else {
+            let _ = write!(line, "{level_name} {}", self.instance);
+        }
+        let headline = take(&mut fields, "outcome").or_else(|| take(&mut fields, "message"));
+        if let Some(FieldValue::Str(headline)) = &headline {
+            line.push(' ');
+            line.push_str(headline);
+        }
+        let ordered = LEADING.iter().filter_map(|name| take(&mut fields, name).map(|v| (*name, v)));
+        let leading: Vec<(&str, FieldValue)> = ordered.collect();
+        for (name, value) in leading.into_iter().chain(fields.0) {
+            line.push(' ');
+            if name == "latency_ms" {
+                line.push_str("latency=");
+                value.write_text(&mut line);
+                line.push_str("ms");
+            } else {
+                line.push_str(name);
+                line.push('=');
+                value.write_text(&mut line);
+            }
+        }
+        line.push('\n');
+        line
+    }
+
+    fn json_line(&self, level: Level, target: &str, fields: Fields) -> String {
+        let mut object = serde_json::Map::new();
+        object.insert(
+            "timestamp".into(),
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string().into(),
+        );
+        object.insert("level".into(), level.as_str().into());
+        object.insert("instance".into(), self.instance.clone().into());
+        object.insert("target".into(), target.into());
+        for (name, value) in fields.0 {
+            object.entry(name).or_insert_with(|| value.to_json());
+        }
+        let mut line = serde_json::Value::Object(object).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// Removes a field and returns its value.
+fn take(fields: &mut Fields, name: &str) -> Option<FieldValue> {
+    let index = fields.0.iter().position(|(n, _)| *n == name)?;
+    Some(fields.0.remove(index).1)
 }
 
 /// Builds the subscriber for `format`, writing to `writer`, naming `instance` on every line.
@@ -75,37 +261,8 @@ where
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let instance = instance.to_string();
-    match format {
-        LogFormat::Text => {
-            let inner = tracing_subscriber::fmt::format().compact().with_target(false).with_ansi(ansi);
-            let format = WithInstance { instance, inner, json: false, ansi };
-            Box::new(
-                tracing_subscriber::fmt()
-                    .with_env_filter(filter)
-                    .with_writer(writer)
-                    .with_ansi(ansi)
-                    .event_format(format)
-                    .finish(),
-            )
-        }
-        LogFormat::Json => {
-            let inner = tracing_subscriber::fmt::format()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(true);
-            let format = WithInstance { instance, inner, json: true, ansi: false };
-            Box::new(
-                tracing_subscriber::fmt()
-                    .json()
-                    .with_env_filter(filter)
-                    .with_writer(writer)
-                    .event_format(format)
-                    .finish(),
-            )
-        }
-    }
+    let lines = LineLayer { format, instance: instance.to_string(), ansi, writer };
+    Box::new(tracing_subscriber::registry().with(filter).with(lines))
 }
 
 /// Keeps the log writer thread alive; dropping it (at the end of `main`) flushes what is queued.
@@ -158,33 +315,67 @@ mod tests {
         }
     }
 
+    /// One delivery outcome, logged as the worker logs it, in `format`.
     fn capture(format: LogFormat) -> String {
         let out = Capture::default();
         let writer = out.clone();
         let subscriber = subscriber(format, "worker-7", "info", move || writer.clone(), false);
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("delivery", id = "r-1");
+            let span = tracing::info_span!("delivery", id = "r-1", bot = "default", chat = 42, attempt = 1);
             let _entered = span.enter();
-            tracing::info!(outcome = "delivered", latency_ms = 12, "sent");
+            tracing::info!(outcome = "delivered", method = "sendMessage", latency_ms = 12, message_id = 5);
+            tracing::warn!(reason = "503 Service Unavailable", "could not publish a delivery event");
         });
         let bytes = out.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
     }
 
     #[test]
-    fn json_lines_parse_and_carry_the_instance_and_fields() {
-        let text = capture(LogFormat::Json);
-        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object per line");
-        assert_eq!(line["instance"], "worker-7");
-        assert_eq!(line["outcome"], "delivered");
-        assert_eq!(line["latency_ms"], 12);
-        assert_eq!(line["spans"][0]["id"], "r-1");
+    fn a_text_line_is_compact_says_each_field_once_and_leads_with_what_people_look_for() {
+        let text = capture(LogFormat::Text);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let (time, rest) = lines[0].split_once(' ').unwrap();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        assert_eq!(
+            rest,
+            "INFO worker-7 delivered bot=default chat=42 method=sendMessage latency=12ms attempt=1 id=r-1 message_id=5"
+        );
+        let (_, rest) = lines[1].split_once(' ').unwrap();
+        assert_eq!(
+            rest,
+            "WARN worker-7 could not publish a delivery event bot=default chat=42 attempt=1 id=r-1 \
+             reason=\"503 Service Unavailable\""
+        );
     }
 
     #[test]
-    fn text_lines_start_with_the_instance() {
-        let text = capture(LogFormat::Text);
-        assert!(text.starts_with("worker-7 "), "{text}");
-        assert!(text.contains("outcome=\"delivered\"") && text.contains("id=\"r-1\""), "{text}");
+    fn a_json_line_holds_every_field_once_at_the_top_level() {
+        let text = capture(LogFormat::Json);
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).expect("JSON");
+        let object = line.as_object().unwrap();
+        let keys: std::collections::BTreeSet<&str> = object.keys().map(String::as_str).collect();
+        let expected = [
+            "timestamp",
+            "level",
+            "instance",
+            "target",
+            "outcome",
+            "method",
+            "latency_ms",
+            "message_id",
+            "id",
+            "bot",
+            "chat",
+            "attempt",
+        ];
+        assert_eq!(keys, expected.into_iter().collect(), "{line}");
+        assert_eq!(
+            (line["instance"].as_str(), line["outcome"].as_str()),
+            (Some("worker-7"), Some("delivered"))
+        );
+        assert_eq!((line["latency_ms"].as_u64(), line["chat"].as_i64()), (Some(12), Some(42)));
+        let warn: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(warn["message"], "could not publish a delivery event");
     }
 }

@@ -105,7 +105,7 @@ async fn run_worker_binary_for_logs(env: &TestEnv, format: &str) -> String {
 }
 
 #[tokio::test]
-async fn json_logs_are_one_object_per_line_with_the_instance_and_never_the_token() {
+async fn json_logs_are_one_object_per_line_with_each_field_once_and_never_the_token() {
     let env = TestEnv::new().await;
     env.sandbox.set_chat("91", Some(ChatBehaviour::Blocked));
     let logs = run_worker_binary_for_logs(&env, "json").await;
@@ -116,24 +116,50 @@ async fn json_logs_are_one_object_per_line_with_the_instance_and_never_the_token
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect();
-    assert!(lines.iter().all(|l| l["instance"] == "logs-worker-1"), "every line names the instance");
+    for (line, raw) in lines.iter().zip(logs.lines()) {
+        assert_eq!(line["instance"], "logs-worker-1", "every line names the instance: {raw}");
+        let keys = line.as_object().map_or(0, |o| o.len());
+        assert_eq!(raw.matches("\":").count(), keys, "each field once, flat: {raw}");
+    }
     let start = lines.iter().find(|l| l["message"] == "worker starting").expect("a start-up line");
     let config = start["config"].as_str().unwrap();
     assert!(config.contains("prefetch=64") && config.contains("amqp=amqp://guest:***@"), "{config}");
-    let outcomes: Vec<&Value> = lines.iter().filter(|l| l.get("outcome").is_some()).collect();
-    assert!(outcomes.iter().any(|l| l["outcome"] == "delivered" && l["latency_ms"].is_u64()));
-    assert!(outcomes.iter().any(|l| l["outcome"] == "dead_lettered" && l["class"] == "recipient_gone"));
+    let delivered = lines.iter().find(|l| l["outcome"] == "delivered").expect("a delivered line");
+    assert!(delivered["latency_ms"].is_u64(), "{delivered}");
+    assert_eq!(
+        (delivered["id"].as_str(), delivered["chat"].as_str()),
+        (Some("log-ok"), Some("90")),
+        "{delivered}"
+    );
+    assert!(lines.iter().any(|l| l["outcome"] == "dead_lettered" && l["class"] == "recipient_gone"));
     assert!(lines.iter().any(|l| l["message"] == "worker stopped"));
 }
 
 #[tokio::test]
-async fn text_logs_are_one_line_per_event_starting_with_the_instance() {
+async fn text_logs_are_one_compact_line_per_outcome() {
     let env = TestEnv::new().await;
     env.sandbox.set_chat("91", Some(ChatBehaviour::Blocked));
     let logs = run_worker_binary_for_logs(&env, "text").await;
     assert!(!logs.contains(TOKEN));
-    assert!(logs.lines().all(|l| l.starts_with("logs-worker-1 ")), "{logs}");
-    assert!(logs.lines().any(|l| l.contains("delivered") && l.contains("latency_ms=")), "{logs}");
+    for line in logs.lines() {
+        let mut words = line.split(' ');
+        let (time, level, instance) = (words.next(), words.next(), words.next());
+        assert!(time.is_some_and(|t| humantime::parse_rfc3339(t).is_ok()), "{line}");
+        assert!(level.is_some_and(|l| ["ERROR", "WARN", "INFO", "DEBUG"].contains(&l)), "{line}");
+        assert_eq!(instance, Some("logs-worker-1"), "{line}");
+        assert!(!line.contains("  "), "nothing padded: {line:?}");
+    }
+    let delivered = logs.lines().find(|l| l.contains(" delivered ")).expect("a delivered line");
+    let after = delivered.split_once(" logs-worker-1 ").map(|(_, rest)| rest).unwrap();
+    let latency = after.split(' ').find_map(|w| w.strip_prefix("latency=")).unwrap_or_default();
+    assert!(latency.ends_with("ms") && latency.trim_end_matches("ms").parse::<u64>().is_ok(), "{delivered}");
+    assert_eq!(
+        after.replace(&format!("latency={latency}"), "latency=?"),
+        "delivered bot=default chat=90 method=sendMessage latency=? attempt=1 id=log-ok message_id=1"
+    );
+    let dead = logs.lines().find(|l| l.contains(" dead_lettered ")).expect("a dead-lettered line");
+    assert!(dead.contains("class=recipient_gone") && dead.contains("id=log-dead"), "{dead}");
+    assert_eq!(logs.lines().filter(|l| l.contains("worker stopped")).count(), 1, "{logs}");
 }
 
 #[tokio::test]
