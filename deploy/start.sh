@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Starts tg-dispatch locally and shows a message being delivered:
-#   RabbitMQ (ensured: started, installed if missing), the Telegram sandbox (unless
-#   TELEGRAM_BOT_TOKEN is set), the dispatcher and N workers (default 2). Ctrl-C stops them all.
+# Starts tg-dispatch locally and shows a message being delivered and recorded:
+#   RabbitMQ, Redis and PostgreSQL (ensured: started, installed if missing), the Telegram sandbox
+#   (unless TELEGRAM_BOT_TOKEN is set), the dispatcher and N workers (default 2). Ctrl-C stops them all.
 # Usage: deploy/start.sh [--workers N] [--release]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,19 +44,13 @@ if [[ -z ${TELEGRAM_BOT_TOKEN:-} && -z ${TELEGRAM_BOTS:-} ]]; then
   echo "no TELEGRAM_BOT_TOKEN: using the sandbox at $TELEGRAM_API_URL"
 fi
 
-# Budgets: shared through Redis when it answers (REDIS_URL, default the local one); otherwise
-# each worker takes an equal share of the bot's limits.
-redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
-redis_hostport=${redis_url#*://}; redis_hostport=${redis_hostport#*@}; redis_hostport=${redis_hostport%%/*}
-redis_host=${redis_hostport%%:*}; redis_port=${redis_hostport##*:}; [[ $redis_port == "$redis_hostport" ]] && redis_port=6379
-if timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"; printf "PING\r\n" >&3; head -c 5 <&3 | grep -q PONG' _ "$redis_host" "$redis_port" 2>/dev/null; then
-  export REDIS_URL=$redis_url
-  echo "budgets shared through Redis at $redis_host:$redis_port"
-else
-  unset REDIS_URL
-  export RATE_SHARE=${RATE_SHARE:-$(awk -v n="$workers" 'BEGIN { printf "%.4f", 1 / n }')}
-  echo "no Redis answering: each of the $workers worker(s) paces at RATE_SHARE=$RATE_SHARE of the limits"
-fi
+# Budgets, cancellations and once-per-id claims are shared through Redis; delivery records are
+# kept in PostgreSQL. Both are ensured like RabbitMQ (started, installed if missing).
+deploy/ensure-redis.sh
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+export DATABASE_URL=${DATABASE_URL:-postgres://tg_dispatch:tg_dispatch@127.0.0.1:5432/tg_dispatch}
+deploy/ensure-postgres.sh
+echo "budgets shared through Redis; records kept in PostgreSQL"
 
 "$bin/tg-dispatcher" serve & pids+=($!)
 for i in $(seq 1 "$workers"); do
@@ -82,6 +76,12 @@ if [[ -n ${SANDBOX_LISTEN:-} ]]; then
     sleep 0.2
   done
   echo "the sandbox received: $got"
+  for _ in $(seq 1 50); do
+    record=$(curl -fsS "$api/v1/messages?chat_id=42&limit=1" || true)
+    [[ $record == *'"delivered"'* ]] && break
+    sleep 0.2
+  done
+  echo "its record: $record"
 fi
 echo "tg-dispatch is running: dispatcher $api, $workers worker(s) (admin ports 9091-$((9090 + workers))). Ctrl-C stops everything."
 wait

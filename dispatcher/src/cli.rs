@@ -2,7 +2,8 @@
 //! operators and scripts. Argument parsing is clap's; everything else calls the library.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -39,6 +40,136 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delivery records (DATABASE_URL): show, list, cancel or delete, edit.
+    #[command(subcommand)]
+    Message(MessageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MessageCommand {
+    /// One record, as JSON.
+    Show { id: String },
+    /// Records, newest first.
+    List {
+        /// queued, scheduled, retrying, delivered, failed, cancelled or deleted.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this chat.
+        #[arg(long, allow_hyphen_values = true)]
+        chat: Option<String>,
+        /// Only this bot alias.
+        #[arg(long)]
+        bot: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a message not sent yet, or deletes a delivered one from the chat.
+    Cancel { id: String },
+    /// Edits a delivered message.
+    Edit {
+        id: String,
+        /// The new text of a text message.
+        #[arg(long, required_unless_present = "caption", conflicts_with = "caption")]
+        text: Option<String>,
+        /// The new caption of a media message.
+        #[arg(long)]
+        caption: Option<String>,
+        /// HTML, MarkdownV2 or Markdown.
+        #[arg(long)]
+        parse_mode: Option<String>,
+    },
+}
+
+/// The records, for the `message` commands.
+async fn open_records(
+    config: &DispatcherConfig,
+) -> anyhow::Result<(crate::records::service::Records, Arc<Publisher>)> {
+    let settings = config.records.as_ref().context("records are off: set DATABASE_URL (a PostgreSQL URL)")?;
+    let store = crate::records::Store::new(settings.url.expose())?;
+    let publisher = Arc::new(Publisher::new(
+        config.common.amqp.clone(),
+        "tg-dispatcher message",
+        config.publish_timeout,
+        1,
+    ));
+    let records =
+        crate::records::service::Records::new(store, Arc::clone(&publisher), config.common.redis.as_ref())?;
+    Ok((records, publisher))
+}
+
+/// Runs a `message` command; returns what to print.
+pub async fn message(config: &DispatcherConfig, command: MessageCommand) -> anyhow::Result<String> {
+    use crate::records::service::Removal;
+    let (records, publisher) = open_records(config).await?;
+    let output = match command {
+        MessageCommand::Show { id } => Ok(serde_json::to_string_pretty(&records.get(&id).await?.to_json())?),
+        MessageCommand::List { status, chat, bot, limit, json } => {
+            let status = status
+                .map(|s| crate::records::Status::parse(&s).with_context(|| format!("{s:?} is not a status")))
+                .transpose()?;
+            let filter = crate::records::ListFilter {
+                status,
+                bot,
+                chat_id: chat,
+                since: None,
+                limit: limit.clamp(1, 1000),
+                cursor: None,
+            };
+            let found = records.list(&filter).await?;
+            if json {
+                Ok(serde_json::to_string_pretty(&found.iter().map(|r| r.to_json()).collect::<Vec<_>>())?)
+            } else {
+                Ok(render_records(&found))
+            }
+        }
+        MessageCommand::Cancel { id } => match records.remove(&id).await? {
+            Removal::Cancelled => Ok(format!("{id}: cancelled; it will not be sent")),
+            Removal::Deleting(f) => {
+                Ok(format!("{id}: {} queued (follow-up {}, request {})", f.method, f.n, f.id))
+            }
+        },
+        MessageCommand::Edit { id, text, caption, parse_mode } => {
+            let mut edit = Map::new();
+            if let Some(text) = text {
+                edit.insert("text".into(), text.into());
+            }
+            if let Some(caption) = caption {
+                edit.insert("caption".into(), caption.into());
+            }
+            if let Some(mode) = parse_mode {
+                edit.insert("parse_mode".into(), mode.into());
+            }
+            let f = records.edit(&id, &edit).await?;
+            Ok(format!("{id}: {} queued (follow-up {}, request {})", f.method, f.n, f.id))
+        }
+    };
+    publisher.close().await;
+    output
+}
+
+/// Records as a table, one line each.
+fn render_records(records: &[crate::records::Record]) -> String {
+    let mut out = format!(
+        "{:<20} {:<10} {:<8} {:<38} {:<16} {}\n",
+        "CREATED (UTC)", "STATUS", "ATTEMPTS", "ID", "CHAT", "METHOD"
+    );
+    for r in records {
+        let created = humantime::format_rfc3339_seconds(r.created_at)
+            .to_string()
+            .replace('T', " ")
+            .trim_end_matches('Z')
+            .to_string();
+        out.push_str(&format!(
+            "{created:<20} {:<10} {:<8} {:<38} {:<16} {}\n",
+            r.status, r.attempts, r.id, r.chat_id, r.method
+        ));
+    }
+    if records.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out.trim_end().to_string()
 }
 
 /// Runs `status`; returns what to print.
@@ -191,6 +322,19 @@ pub struct SendArgs {
     /// A whole v1 request document from a file, or `-` for standard input.
     #[arg(long, value_name = "FILE|-")]
     pub json: Option<PathBuf>,
+    /// Send later: an RFC 3339 time (2026-12-24T09:00:00+01:00) or a delay from now (90s, 2h 30m).
+    #[arg(long, value_name = "TIME", value_parser = parse_send_at)]
+    pub at: Option<SystemTime>,
+}
+
+/// `--at`: an RFC 3339 time, or a delay from now.
+fn parse_send_at(text: &str) -> Result<SystemTime, String> {
+    if let Some(time) = shared::wire::rfc3339::parse(text) {
+        return Ok(time);
+    }
+    humantime::parse_duration(text).map(|delay| SystemTime::now() + delay).map_err(|_| {
+        "must be an RFC 3339 time (2026-12-24T09:00:00Z) or a delay such as 90s or 2h".to_string()
+    })
 }
 
 /// The part name an uploaded file is sent under.
@@ -199,10 +343,13 @@ const FILE_PART: &str = "file";
 /// Builds, validates and publishes the request (with its file, for `--photo` / `--document`);
 /// returns its id.
 pub async fn send(config: &DispatcherConfig, args: SendArgs) -> anyhow::Result<String> {
-    let document = match &args.json {
+    let mut document = match &args.json {
         Some(path) => read_document(path).await?,
         None => flags_document(&args)?,
     };
+    if let (Some(at), Some(fields)) = (args.at, document.as_object_mut()) {
+        fields.insert("send_at".into(), shared::wire::rfc3339::format(at).into());
+    }
     let publisher =
         Publisher::new(config.common.amqp.clone(), "tg-dispatcher send", config.publish_timeout, 1);
     let published = match args.photo.as_ref().or(args.document.as_ref()) {

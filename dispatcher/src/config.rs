@@ -43,6 +43,37 @@ pub struct DispatcherConfig {
     pub instance: String,
     /// Limits on what one client connection may hold.
     pub connections: ConnectionLimits,
+    /// The delivery records (`DATABASE_URL`); `None` keeps none.
+    pub records: Option<RecordsSettings>,
+}
+
+/// Where the delivery records are kept, and for how long.
+#[derive(Debug, Clone)]
+pub struct RecordsSettings {
+    /// A PostgreSQL URL (`DATABASE_URL`), e.g. `postgres://tg@localhost/tg_dispatch`.
+    pub url: Secret<String>,
+    /// Records older than this are deleted (`RECORDS_RETENTION_DAYS`, default 30).
+    pub retention: Duration,
+}
+
+impl RecordsSettings {
+    fn from_env(env: &impl EnvSource) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = env.non_empty("DATABASE_URL") else { return Ok(None) };
+        if url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(ConfigError::new("DATABASE_URL", "is not a PostgreSQL URL (the value is not shown)"));
+        }
+        let days =
+            env.parse_or("RECORDS_RETENTION_DAYS", crate::records::retention::DEFAULT_RETENTION_DAYS)?;
+        if days == 0 {
+            return Err(ConfigError::new("RECORDS_RETENTION_DAYS", "must be at least 1"));
+        }
+        Ok(Some(Self { url: Secret::new(url), retention: Duration::from_secs(days * 86_400) }))
+    }
+
+    /// The URL without its password, for logs.
+    pub fn display_url(&self) -> String {
+        shared::config::redact_url(self.url.expose())
+    }
 }
 
 /// What one client may hold of the server: each bound is enforced before the key check, so that
@@ -119,6 +150,7 @@ impl DispatcherConfig {
                 .non_empty("DISPATCHER_NAME")
                 .unwrap_or_else(|| shared::telemetry::hostname("dispatcher")),
             connections: ConnectionLimits::from_env(env)?,
+            records: RecordsSettings::from_env(env)?,
         })
     }
 
@@ -163,11 +195,13 @@ mod tests {
             ("SHUTDOWN_TIMEOUT_SECS", "-1"),
             ("DISPATCHER_HEADER_TIMEOUT_SECS", "0"),
             ("DISPATCHER_MAX_CONNECTIONS", "0"),
+            ("DATABASE_URL", "mysql://secret@db"),
         ] {
             let env: HashMap<&str, &str> = [(var, value)].into();
             let err = DispatcherConfig::from_env(&env).unwrap_err();
             assert_eq!(err.var, var);
             assert!(!err.to_string().contains("short"), "keys are never echoed: {err}");
+            assert!(!err.to_string().contains("secret"), "URLs are never echoed: {err}");
         }
     }
 

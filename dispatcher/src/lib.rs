@@ -1,5 +1,5 @@
-//! `tg-dispatcher` as a library: the HTTP server ([`Application`]) and the command-line sender
-//! ([`cli`]). Both validate with the shared wire format and publish with confirms through one
+//! `tg-dispatcher` as a library: the HTTP server ([`Application`]), the delivery records it keeps
+//! when `DATABASE_URL` is set ([`records`]) and the command line ([`cli`]). Both validate with the shared wire format and publish with confirms through one
 //! [`Publisher`]; neither ever talks to Telegram. The runtime is the caller's.
 #![forbid(unsafe_code)]
 
@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod dead;
 pub mod http;
+pub mod records;
 pub mod server;
 pub mod status;
 
@@ -41,19 +42,51 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;
-        let publisher = Publisher::new(
+        let mut publisher = Publisher::new(
             config.common.amqp.clone(),
             "tg-dispatcher",
             config.publish_timeout,
             PUBLISH_CHANNELS,
         );
-        let state = http::AppState::new(
+        if config.records.is_some() {
+            publisher = publisher.with_records();
+        }
+        let mut state = http::AppState::new(
             publisher,
             config.api_keys.clone(),
             config.connections.body_timeout,
             config.common.max_upload_bytes,
         );
+        if let Some(settings) = &config.records {
+            let store = records::Store::new(settings.url.expose())?;
+            let publisher = Arc::clone(&state.publisher);
+            state = state.with_records(records::service::Records::new(
+                store,
+                publisher,
+                config.common.redis.as_ref(),
+            )?);
+        }
         Ok(Self { listener, state, config })
+    }
+
+    /// Brings the records schema up to date (retrying while PostgreSQL is away: sends do not need
+    /// it), then writes records and expires old ones until `shutdown`.
+    fn keep_records(&self, shutdown: &Shutdown) -> Option<tokio::task::JoinHandle<()>> {
+        let settings = self.config.records.clone()?;
+        let store = self.state.records.as_ref()?.store.clone();
+        let amqp = self.config.common.amqp.clone();
+        let instance = self.config.instance.clone();
+        let shutdown = shutdown.clone();
+        tracing::info!(database = %settings.display_url(), "keeping delivery records");
+        Some(tokio::spawn(async move {
+            if !records::store::migrate_until_done(&store, &shutdown).await {
+                return;
+            }
+            let retention =
+                tokio::spawn(records::retention::run(store.clone(), settings.retention, shutdown.clone()));
+            records::writer::run(store, amqp, instance, shutdown).await;
+            let _ = retention.await;
+        }))
     }
 
     /// The address actually bound.
@@ -78,6 +111,7 @@ impl Application {
             tracing::warn!(%error, "broker not reachable yet; answering 503 until it is");
         }
         let publisher = Arc::clone(&self.state.publisher);
+        let keeping = self.keep_records(&shutdown);
         let helpers_stop = tokio_util::sync::CancellationToken::new();
         let stalls = Arc::new(shared::watchdog::StallStats::default());
         let watchdog = tokio::spawn(shared::watchdog::run(common.stall_warn, stalls, helpers_stop.clone()));
@@ -104,6 +138,9 @@ impl Application {
         helpers_stop.cancel();
         let _ = watchdog.await;
         let _ = upkeep.await;
+        if let Some(keeping) = keeping {
+            let _ = keeping.await;
+        }
         tracing::info!("dispatcher stopped");
         match finished {
             Ok(true) => Ok(()),

@@ -12,7 +12,7 @@ use shared::shutdown::Shutdown;
 
 /// mimalloc rather than glibc's malloc: a request allocates and frees many small, short-lived
 /// buffers (HTTP head, JSON values, AMQP frames) across the runtime's threads, and glibc's malloc and
-/// free were nearly a quarter of the dispatcher's instructions per request (callgrind; BENCHMARKS.md).
+/// free were a large part of the dispatcher's CPU per request (BENCHMARKS.md, "CPU").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -62,6 +62,14 @@ fn main() -> ExitCode {
                 let output = tokio::time::timeout(dispatcher::cli::CLI_TIMEOUT * 4, output)
                     .await
                     .map_err(|_| anyhow::anyhow!("gave up after {:?}", dispatcher::cli::CLI_TIMEOUT * 4))??;
+                println!("{output}");
+                Ok(())
+            }
+            Command::Message(command) => {
+                let output = dispatcher::cli::message(&config, command);
+                let output = tokio::time::timeout(dispatcher::cli::CLI_TIMEOUT, output)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("gave up after {:?}", dispatcher::cli::CLI_TIMEOUT))??;
                 println!("{output}");
                 Ok(())
             }

@@ -161,6 +161,9 @@ pub struct Publisher {
     current: Mutex<Option<Arc<Link>>>,
     reconnect: tokio::sync::Mutex<ReconnectState>,
     next_channel: AtomicUsize,
+    /// Declare the records queue too (where records are kept), so that no request published
+    /// misses it.
+    records: bool,
 }
 
 impl Publisher {
@@ -184,7 +187,19 @@ impl Publisher {
             current: Mutex::new(None),
             reconnect: tokio::sync::Mutex::new(ReconnectState::default()),
             next_channel: AtomicUsize::new(0),
+            records: false,
         }
+    }
+
+    /// Declares the records queue and its bindings with the topology (`Topology::declare_records`).
+    pub fn with_records(mut self) -> Self {
+        self.records = true;
+        self
+    }
+
+    /// Whether records are kept (the records queue is declared).
+    pub fn keeps_records(&self) -> bool {
+        self.records
     }
 
     pub fn topology(&self) -> &Topology {
@@ -216,10 +231,9 @@ impl Publisher {
         let link = self.link().await?;
         // Let the tasks already ready on this runtime thread run first, so that publishes from
         // requests that arrived together reach lapin together: every `basic_publish` wakes lapin's
-        // I/O thread if it sleeps, and that thread writes what it finds queued. Publishing at once,
-        // the dispatcher woke it for every three or four messages; with the yield it makes a third
-        // fewer writes and a fifth fewer futex calls per request, and spends less CPU on each
-        // (BENCHMARKS.md, session 11). A yield is one more poll of this task: no allocation, no timer.
+        // I/O thread if it sleeps, and that thread writes what it finds queued, so publishing at
+        // once wakes it for every few messages (BENCHMARKS.md, "CPU"). A yield is one more poll
+        // of this task: no allocation, no timer.
         tokio::task::yield_now().await;
         let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[index];
@@ -271,7 +285,7 @@ impl Publisher {
     /// As [`Publisher::publish_request`], but publishes `document`, the very bytes
     /// [`SendRequest::from_json`] accepted as `request`, as they came. The worker validates every
     /// message again (other producers publish straight to the exchange), so a canonical copy would
-    /// only cost the dispatcher CPU: writing it was 6 % of a request's instructions. The id travels
+    /// only cost the dispatcher CPU. The id travels
     /// as the `message_id`, which the worker takes when the document carries none.
     pub async fn publish_document(
         &self,
@@ -300,12 +314,39 @@ impl Publisher {
         app_id: &str,
     ) -> Result<(), PublishError> {
         let exchange = self.topology.upload_exchange();
-        self.publish(Outgoing {
+        let upload = self.publish(Outgoing {
             exchange: &exchange,
             mandatory: true,
             routing_key: request.bot(),
             body,
             properties: request_properties(request, app_id).with_content_type(content_type.into()),
+        });
+        if !self.records {
+            return upload.await;
+        }
+        // The records queue is not bound to the upload exchange (it would hold every file's bytes):
+        // it gets the request document alone. Without it the record starts at the first event.
+        let (upload, record) = tokio::join!(upload, self.publish_record_of_upload(request, app_id));
+        if let Err(error) = record {
+            tracing::debug!(%error, id = request.id(), "an upload's record document was not published");
+        }
+        upload
+    }
+
+    /// Publishes an upload's request document (without its files) to the records exchange, so that
+    /// its record exists from the start. Returns once the broker confirmed it.
+    async fn publish_record_of_upload(
+        &self,
+        request: &SendRequest,
+        app_id: &str,
+    ) -> Result<(), PublishError> {
+        let exchange = self.topology.records_exchange();
+        self.publish(Outgoing {
+            exchange: &exchange,
+            mandatory: true,
+            routing_key: request.bot(),
+            body: &request.to_json(),
+            properties: request_properties(request, app_id),
         })
         .await
     }
@@ -402,7 +443,12 @@ impl Publisher {
                     .context("failed to enable publisher confirms")?;
                 channels.push(channel);
             }
-            self.topology.declare(&channels[0]).await.context("failed to declare the topology")?;
+            let declared = if self.records {
+                self.topology.declare_records(&channels[0]).await
+            } else {
+                self.topology.declare(&channels[0]).await
+            };
+            declared.context("failed to declare the topology")?;
             anyhow::Ok(channels)
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
@@ -425,11 +471,16 @@ impl Publisher {
 /// The AMQP properties a send request is published with (besides persistence, which
 /// [`Publisher::publish`] sets): the benchmark's raw-publish ceiling sends the very same message.
 pub fn request_properties(request: &SendRequest, app_id: &str) -> BasicProperties {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut headers = lapin::types::FieldTable::default();
+    let accepted_at = lapin::types::AMQPValue::LongLongInt(now.as_millis() as i64);
+    headers.insert(crate::topology::HEADER_ACCEPTED_AT.into(), accepted_at);
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_message_id(request.id().into())
         .with_app_id(app_id.into())
-        .with_timestamp(unix_now())
+        .with_timestamp(now.as_secs())
+        .with_headers(headers)
 }
 
 /// Seconds since the Unix epoch (AMQP timestamps have one-second resolution).

@@ -25,6 +25,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 pub const DEFAULT_REDIS_KEY_PREFIX: &str = "tgd";
 /// Runtime stalls longer than this are logged (`RUNTIME_STALL_WARN_MS`).
 pub const DEFAULT_STALL_WARN: Duration = Duration::from_millis(100);
+/// How long a chat an earlier send found gone stays suppressed (`SUPPRESSION_DAYS`).
+pub const DEFAULT_SUPPRESSION_DAYS: u64 = 30;
 
 /// A configuration value that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -256,6 +258,9 @@ pub struct CommonSettings {
     /// The most file bytes one upload carries (`DISPATCHER_MAX_UPLOAD_BYTES`): the dispatcher
     /// refuses more with 413, and a worker sizes its upload prefetch by it.
     pub max_upload_bytes: usize,
+    /// How long a chat an earlier send found gone stays suppressed (`SUPPRESSION_DAYS`): workers
+    /// skip it, and the dispatcher lists it and lets it expire.
+    pub suppression: Duration,
 }
 
 impl CommonSettings {
@@ -279,6 +284,9 @@ impl CommonSettings {
             shutdown_timeout: env.secs_or("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
             stall_warn: Duration::from_millis(stall_warn_ms),
             max_upload_bytes,
+            suppression: Duration::from_secs(
+                86_400 * env.parse_or("SUPPRESSION_DAYS", DEFAULT_SUPPRESSION_DAYS)?.max(1),
+            ),
         })
     }
 }

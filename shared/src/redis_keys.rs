@@ -18,6 +18,13 @@
 //!
 //! Every budget key expires by itself shortly after the instant it holds has passed; a file's
 //! `file_id` is kept for [`FILE_ID_TTL_SECS`].
+//!
+//! Keys of one request or one chat, whatever the token:
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{ns}:req:{id}` | the request's claim ([`claims`]): `sending:<worker>` while a worker sends it, `done` once delivered (for `IDEMPOTENCY_WINDOW_HOURS`), `cancelled` once cancelled |
+//! | `{ns}:sup:{bot}:{chat}` | the chat is suppressed for the bot (alias): an earlier send found it gone; kept `SUPPRESSION_DAYS` |
 
 /// Budget keys of one bot token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +80,62 @@ impl BotKeys {
 /// How long a cached `file_id` is kept: a `file_id` stays valid for a long time, and a stale one
 /// only costs one refused send before the bytes are uploaded again.
 pub const FILE_ID_TTL_SECS: u64 = 30 * 86_400;
+
+/// The claim key of request `id` ([`claims`]).
+pub fn request_claim(namespace: &str, id: &str) -> String {
+    format!("{namespace}:req:{id}")
+}
+
+/// The key that suppresses `chat` for the bot `alias`.
+pub fn suppression(namespace: &str, alias: &str, chat: &impl std::fmt::Display) -> String {
+    format!("{namespace}:sup:{alias}:{chat}")
+}
+
+/// Claims: which worker may send a request now, whether it was cancelled, and whether it was
+/// delivered already. One atomic check right before the call to Telegram, one write after it, so
+/// that a request id is sent once whichever workers hold copies of it, and a cancelled request is
+/// never sent. The dispatcher cancels through the same key.
+pub mod claims {
+    /// The claim value of a delivered request.
+    pub const DONE: &str = "done";
+    /// The claim value of a cancelled request.
+    pub const CANCELLED: &str = "cancelled";
+    /// How long a cancellation is kept: longer than a request may be scheduled ahead.
+    pub const CANCELLED_TTL_SECS: u64 = 91 * 86_400;
+
+    /// Before the call. KEYS: claim, suppression of the chat. ARGV: this worker's claim value
+    /// (`sending:…`), the claim's lifetime in ms, `1` to ignore the suppression. Returns `ok` (the
+    /// claim is this worker's), `cancelled`, `done`, `busy` (another worker is sending it) or
+    /// `suppressed`.
+    pub const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == 'cancelled' then return 'cancelled' end
+if v == 'done' then return 'done' end
+if v and v ~= ARGV[1] then return 'busy' end
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 'suppressed' end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 'ok'
+";
+
+    /// After a call that did not deliver. KEYS: claim. ARGV: this worker's claim value. Releases
+    /// the claim if it is still this worker's.
+    pub const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+    /// Cancelling. KEYS: claim. ARGV: the cancellation's lifetime in s. Returns `cancelled` (now,
+    /// or before), `done` (delivered already) or `sending` (a worker is sending it now).
+    pub const CANCEL: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'cancelled', 'EX', ARGV[1])
+  return 'cancelled'
+end
+if v == 'cancelled' or v == 'done' then return v end
+return 'sending'
+";
+}
 
 /// What a budget key is, read back from its name (for `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +200,8 @@ mod tests {
         assert_eq!(keys.chat_slots(&42), "tgd:123:c:42");
         assert_eq!(parse_budget_key("tgd", "tgd:req:abc"), None);
         assert_eq!(parse_budget_key("tgd", &keys.file_id("ab12")), None, "not a budget");
+        assert_eq!(parse_budget_key("tgd", &request_claim("tgd", "r-1")), None);
+        assert_eq!(parse_budget_key("tgd", &suppression("tgd", "default", &42)), None);
         assert_eq!(parse_budget_key("tgd", "other:123:g"), None);
         assert_eq!(bot_id("123456:AAE-secret"), "123456");
     }

@@ -43,6 +43,12 @@ pub const HEADER_SEAL: &str = "x-tg-seal";
 /// that the broker never expires it.
 pub const HEADER_ORIGINAL_EXPIRATION: &str = "x-tg-original-expiration";
 
+/// When the dispatcher accepted a request (Unix milliseconds): a record's `created_at`.
+pub const HEADER_ACCEPTED_AT: &str = "x-tg-accepted-at";
+
+/// How long the records queue lives without a consumer before the broker deletes it.
+pub const RECORDS_QUEUE_EXPIRES: Duration = Duration::from_secs(7 * 86_400);
+
 /// Delay tiers: one queue per TTL (RabbitMQ expires messages only at a queue's head, so one queue
 /// must not mix delays). A delayed message goes to the longest tier not past its due time and is
 /// re-parked on return if it is still early.
@@ -117,6 +123,19 @@ impl Topology {
     /// exchange; expired messages go back to the send exchange.
     pub fn delay_queue(&self, tier: Duration) -> String {
         format!("{}.delay.{}s", self.prefix, tier.as_secs())
+    }
+
+    /// Topic exchange of request documents for the records only (an upload's request, without its
+    /// files): bound to [`Self::records_queue`] alone.
+    pub fn records_exchange(&self) -> String {
+        format!("{}.records", self.prefix)
+    }
+
+    /// Quorum queue the record writers consume: a copy of every request published to the send
+    /// exchange, of every delivery event, and of what the records exchange gets. Declared only
+    /// where records are kept ([`Self::declare_records`]).
+    pub fn records_queue(&self) -> String {
+        format!("{}.records", self.prefix)
     }
 
     /// Every queue of this topology.
@@ -196,13 +215,36 @@ impl Topology {
             .await
     }
 
-    /// Deletes every queue and exchange of this prefix, messages included. For tests and for
-    /// tearing down a demo; never called by the daemons.
+    /// Declares the records exchange and queue, and binds the queue to the send, events and
+    /// records exchanges. The queue deletes itself after [`RECORDS_QUEUE_EXPIRES`] without a
+    /// consumer (records turned off), rather than fill up forever.
+    pub async fn declare_records(&self, channel: &Channel) -> lapin::Result<()> {
+        self.declare(channel).await?;
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let exchange = self.records_exchange();
+        channel
+            .exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await?;
+        let mut args = quorum_args();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(RECORDS_QUEUE_EXPIRES.as_millis() as i64));
+        let queue = self.records_queue();
+        self.declare_bound_queue(channel, queue.clone(), exchange, args).await?;
+        for source in [self.send_exchange(), self.events_exchange()] {
+            let options = QueueBindOptions::default();
+            channel
+                .queue_bind(queue.as_str().into(), source.into(), "#".into(), options, FieldTable::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every queue and exchange of this prefix (the records' too), messages included.
+    /// For tests and for tearing down a demo; never called by the daemons.
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for queue in self.queues() {
+        for queue in self.queues().into_iter().chain([self.records_queue()]) {
             channel.queue_delete(queue.into(), Default::default()).await?;
         }
-        for exchange in self.exchanges() {
+        for exchange in self.exchanges().into_iter().chain([self.records_exchange()]) {
             channel.exchange_delete(exchange.into(), Default::default()).await?;
         }
         Ok(())

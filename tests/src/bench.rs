@@ -27,8 +27,8 @@ const TOKEN: &str = "777000:BENCH-sandbox-token";
 pub const PUBLISH_WINDOW: usize = 500;
 
 /// Confirm channels of the raw publishers (1a, 1d): as many as the dispatcher keeps. The broker
-/// runs each channel as a process of its own, so one channel caps the ceiling (18–20 k/s against
-/// 21–24 k/s with 2 or 4 on session 5's machine); 8 or 16 were no faster.
+/// runs each channel as a process of its own, so one channel caps the ceiling below what two or
+/// four reach; more are no faster (BENCHMARKS.md, "How it is measured").
 const RAW_CHANNELS: usize = 4;
 
 /// A unique prefix and a declared topology, deleted by [`Scratch::cleanup`].
@@ -434,16 +434,13 @@ fn dispatched(body: &[u8]) -> anyhow::Result<DispatchedMessage> {
 ///
 /// Each is the very message the dispatcher publishes for one request ([`DispatchedMessage`]: the
 /// request's bytes, its properties, persistent and `mandatory`), made before the clock and
-/// the CPU meter start. Returns the time taken and the CPU per message. Until session 6 the
-/// ceiling sent the bare request with two properties while the dispatcher published a canonical
-/// copy a third larger with all of them: the broker's 32–33 µs a message against 34–36, so 2 was
-/// compared with traffic it never sent.
+/// the CPU meter start, so that 2 is compared with the very traffic it sends. Returns the time
+/// taken and the CPU per message.
 ///
 /// (1a, the ceiling) With [`PUBLISH_WINDOW`] tasks. One task keeping a sliding window of as many
-/// unconfirmed publishes on one channel (as [`Scratch::prefill`] does, and as 1a did before) reached
-/// 14–17 k/s where this reached 21–24 k/s on session 5's machine: each `basic_publish` waits for
-/// lapin's I/O thread to take the frame before the next can start, so a lone task is bound by that
-/// hand-off, not the broker.
+/// unconfirmed publishes on one channel (as [`Scratch::prefill`] does) is slower: each
+/// `basic_publish` waits for lapin's I/O thread to take the frame before the next can start, so a
+/// lone task is bound by that hand-off, not the broker.
 ///
 /// (1d) With as many tasks as ingress clients, when that differs: the broker's own rate at the
 /// concurrency the dispatcher gets from its HTTP clients (each waits for its 202, which waits for
@@ -622,9 +619,9 @@ fn post_request(addr: std::net::SocketAddr, body: &[u8]) -> Vec<u8> {
 /// latency.
 ///
 /// Lean on purpose, like `wrk`: on two shared cores every microsecond the load generator spends is
-/// taken from the dispatcher and the broker it measures. With reqwest it cost about as much CPU per
-/// request as the dispatcher itself (~50 µs), with a hyper client connection ~24 µs; this writes
-/// request bytes made before the clock and reads the answer with `httparse`.
+/// taken from the dispatcher and the broker it measures, and an HTTP client library costs about as
+/// much CPU per request as the dispatcher itself; this writes request bytes made before the clock
+/// and reads the answer with `httparse`.
 async fn post_until_done(
     mut stream: tokio::net::TcpStream,
     requests: Arc<Vec<Vec<u8>>>,

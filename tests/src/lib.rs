@@ -6,3 +6,4 @@
 pub mod bench;
 pub mod faultproxy;
 pub mod sandbox;
+pub mod services;

@@ -51,6 +51,8 @@ async fn readyz(State(ctx): State<Arc<DeliveryContext>>) -> Response {
         // Informational, not part of readiness: events, parking and dead letters retry their own
         // connects, and a delivery that cannot be parked or dead-lettered goes back to the queue.
         "publishing": ctx.outbox.publisher().is_connected(),
+        // Informational: without shared claims each worker remembers only its own deliveries.
+        "idempotency": ctx.claims.describe(),
         "bots": bots,
         "instance": ctx.config.instance,
     });

@@ -132,6 +132,39 @@ impl RedisStore {
         BotKeys::new(&self.namespace, bot_id)
     }
 
+    /// Runs a Lua script with `keys` and `args`, bounded by [`REDIS_TIMEOUT`]; `None` (logged at
+    /// debug) when Redis does not answer in time or fails.
+    pub async fn script<T: deadpool_redis::redis::FromRedisValue>(
+        &self,
+        code: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Option<T> {
+        let call = async {
+            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            let script = Script::new(code);
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            invocation.invoke_async::<T>(&mut connection).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, Box::pin(call)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "a Redis script failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("a Redis script got no answer in time");
+                None
+            }
+        }
+    }
+
     /// Runs one command, bounded by [`REDIS_TIMEOUT`]; `None` (logged at debug) when Redis does
     /// not answer in time or fails.
     pub async fn query<T: deadpool_redis::redis::FromRedisValue>(

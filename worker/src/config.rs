@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(10);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Timeout of one Bot API call (`TELEGRAM_TIMEOUT_SECS`).
 pub const DEFAULT_TELEGRAM_TIMEOUT: Duration = Duration::from_secs(17);
+/// How long a delivered request id is not sent again by any worker (`IDEMPOTENCY_WINDOW_HOURS`).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Bytes of uploads a worker holds at once (`WORKER_MAX_INFLIGHT_BYTES`).
 pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -56,6 +58,9 @@ pub struct WorkerConfig {
     /// Bytes of uploads held at once (`WORKER_MAX_INFLIGHT_BYTES`): the upload queue's prefetch is
     /// this divided by the largest upload (`DISPATCHER_MAX_UPLOAD_BYTES`), at least 1.
     pub max_inflight_bytes: usize,
+    /// How long a delivered request id is not sent again by any worker
+    /// (`IDEMPOTENCY_WINDOW_HOURS`, with Redis).
+    pub idempotency_window: Duration,
     /// How often a summary line is logged (`LOG_SUMMARY_SECS`, default 30; 0 disables it).
     pub log_summary: Duration,
     /// How this instance names itself in logs and in its broker connections (`WORKER_NAME`,
@@ -151,11 +156,16 @@ impl WorkerConfig {
         if max_in_flight == 0 {
             return Err(ConfigError::new("TELEGRAM_MAX_IN_FLIGHT", "must be at least 1"));
         }
+        let hours = env.parse_or("IDEMPOTENCY_WINDOW_HOURS", DEFAULT_IDEMPOTENCY_WINDOW.as_secs() / 3600)?;
+        if hours == 0 {
+            return Err(ConfigError::new("IDEMPOTENCY_WINDOW_HOURS", "must be at least 1"));
+        }
         Ok(Self {
             common,
             bots,
             max_in_flight,
             max_inflight_bytes,
+            idempotency_window: Duration::from_secs(hours * 3600),
             rate_share,
             admin_listen,
             log_summary: env.secs_or("LOG_SUMMARY_SECS", Duration::from_secs(30))?,

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::bots::Bot;
+use crate::claims::Claims;
 use crate::config::WorkerConfig;
 use crate::counters::{HotMetrics, Stats};
 use crate::decide::RetryPolicy;
@@ -38,6 +39,8 @@ pub(crate) struct DeliveryContext {
     pub events: Events,
     /// The `file_id`s of files uploaded before.
     pub files: FileCache,
+    /// Which worker may send a request now (with Redis).
+    pub claims: Claims,
     pub before_send: Option<BeforeSend>,
     /// Bounds concurrent Bot API calls (`TELEGRAM_MAX_IN_FLIGHT`).
     pub sends: Semaphore,

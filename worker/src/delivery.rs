@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::bots::{Bot, TOKEN_RECHECK};
 use crate::carried::{Bookkeeping, Carried, Timing};
-use crate::classify::{classify, ErrorClass};
+use crate::claims::Claim;
+use crate::classify::{classify, ErrorClass, Failure};
 use crate::clock::{ms_from_instant, now_ms};
 use crate::context::DeliveryContext;
 use crate::decide::{decide, Disposition};
@@ -25,8 +26,11 @@ use crate::telegram::RawAnswer;
 
 /// How much longer than `RATE_MAX_HOLD_SECS` a request may wait at the gate before it is parked.
 const GATE_WAIT_MARGIN: Duration = Duration::from_secs(5);
+/// How long a copy waits while another worker sends the same request id.
+const BUSY_RECHECK: Duration = Duration::from_secs(5);
 
 /// The request as it stands: a migration rewrites it, and each attempt updates what it carries.
+#[derive(Clone)]
 struct Attempt<'j> {
     /// Borrowed until a migration changes it: cloning its params for every send would cost an
     /// allocation per field.
@@ -77,7 +81,7 @@ pub(crate) async fn deliver(ctx: &Arc<DeliveryContext>, job: Arc<Job>) {
                 ctx.outbox.requeue(&job.delivery, why).await;
                 Next::Done
             }
-            Turn::Send => match last_look(ctx, &job, &attempt.request) {
+            Turn::Send => match last_look(ctx, &bot, &job, &attempt).await {
                 Some(next) => next,
                 None => send_and_apply(ctx, &bot, &job, &mut attempt).await,
             },
@@ -153,17 +157,62 @@ async fn wait_for_turn(ctx: &DeliveryContext, bot: &Bot, job: &Job, request: &Se
 }
 
 /// The last look before the send: a channel that died while the request waited means the broker
-/// has already handed the message out again, and an id delivered meanwhile is not sent twice.
-fn last_look(ctx: &DeliveryContext, job: &Job, request: &SendRequest) -> Option<Next> {
+/// has already handed the message out again; and the request's claim decides whether it may go
+/// at all (cancelled, delivered already, being sent by another worker, or to a suppressed chat).
+async fn last_look(
+    ctx: &Arc<DeliveryContext>,
+    bot: &Arc<Bot>,
+    job: &Arc<Job>,
+    attempt: &Attempt<'_>,
+) -> Option<Next> {
     if !job.delivery.acker.usable() {
         return Some(Next::Done);
     }
-    if ctx.recent.contains(request.id()) {
+    let request = &attempt.request;
+    let duplicate = || {
         tracing::info!("already delivered: acking without sending again");
+        metrics::counter!("tg_duplicates_suppressed_total").increment(1);
         ctx.outbox.ack(&job.delivery, "ack of a duplicate");
-        return Some(Next::Done);
+        Some(Next::Done)
+    };
+    if ctx.recent.contains(request.id()) {
+        return duplicate();
     }
-    None
+    match ctx.claims.claim(request).await {
+        Claim::Granted | Claim::Unchecked => None,
+        Claim::Delivered => duplicate(),
+        Claim::Cancelled => {
+            tracing::info!(outcome = "cancelled", "cancelled before it was sent");
+            ctx.outbox.ack(&job.delivery, "ack of a cancelled request");
+            job.mark_settled();
+            ctx.events.publish(|| Event::cancelled(request, &attempt.carried)).await;
+            Some(Next::Done)
+        }
+        Claim::Busy => {
+            // Its outcome decides this copy's: ask again shortly.
+            park(ctx, bot, job, attempt, Instant::now() + BUSY_RECHECK, "sent by another worker", None).await;
+            Some(Next::Done)
+        }
+        Claim::Suppressed => {
+            let failure = Failure {
+                code: None,
+                description:
+                    "the chat is suppressed: an earlier send found it gone (send with force to try anyway)"
+                        .into(),
+                class: ErrorClass::RecipientGone,
+            };
+            tracing::warn!(outcome = "dead_lettered", class = failure.class.as_str(), reason = %failure.reason());
+            apply(
+                ctx,
+                bot,
+                job,
+                &mut Attempt { request: request.clone(), ..attempt.clone() },
+                Disposition::DeadLetter { failure },
+            )
+            .await;
+            Some(Next::Done)
+        }
+    }
 }
 
 /// Sends once, decides, and applies the decision.
@@ -243,6 +292,7 @@ async fn apply(
     match disposition {
         Disposition::Ack { message_ids } => {
             ctx.recent.insert(request.id());
+            ctx.claims.delivered(request).await;
             ctx.outbox.ack_delivered(&job.delivery);
             job.mark_settled();
             bot.outcomes.delivered.increment(1);
@@ -266,6 +316,7 @@ async fn apply(
             Next::SendAgain
         }
         Disposition::Park { delay, failure } => {
+            ctx.claims.release(request).await;
             crate::counters::Stats::add(&ctx.stats.retried, 1);
             bot.outcomes.retrying.increment(1);
             let event = Event::retrying(request, &attempt.carried, &failure);
@@ -273,6 +324,11 @@ async fn apply(
             Next::Done
         }
         Disposition::DeadLetter { failure } => {
+            // Telegram said the chat is gone (a suppressed chat's own dead letter has no code).
+            if failure.class == ErrorClass::RecipientGone && failure.code.is_some() {
+                ctx.claims.suppress(request).await;
+            }
+            ctx.claims.release(request).await;
             ctx.outbox.dead_letter(&job.delivery, Some(request.bot()), &failure).await;
             job.mark_settled();
             bot.outcomes.failed.increment(1);
@@ -285,6 +341,7 @@ async fn apply(
             Next::SendAgain
         }
         Disposition::Requeue { reason } => {
+            ctx.claims.release(request).await;
             ctx.outbox.requeue(&job.delivery, reason).await;
             Next::Done
         }

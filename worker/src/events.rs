@@ -86,6 +86,11 @@ impl Event {
     pub(crate) fn retrying(request: &SendRequest, carried: &Carried, failure: &Failure) -> Self {
         Self::new("retrying", request, carried).with_error(failure)
     }
+
+    /// Cancelled before it was sent.
+    pub(crate) fn cancelled(request: &SendRequest, carried: &Carried) -> Self {
+        Self::new("cancelled", request, carried)
+    }
 }
 
 /// Publishes events with confirms, skipping them while nobody listens.

@@ -61,6 +61,10 @@ pub(crate) async fn accept(ctx: &Arc<DeliveryContext>, settler: &Arc<Settler>, d
         metrics::counter!("tg_untrusted_headers_total").increment(1);
     }
     let now = Instant::now();
+    if let Some(until) = scheduled_beyond_hold(request, ctx.config.max_hold) {
+        park_scheduled(ctx, &bot, delivery, &decoded, bookkeeping.carried, until).await;
+        return;
+    }
     let slot = chat_slot(&bot, request, bookkeeping.timing, now).await;
     let Bookkeeping { carried, .. } = bookkeeping;
     if slot.saturating_duration_since(now) > ctx.config.max_hold {
@@ -126,10 +130,53 @@ fn reject_unknown_bot(ctx: &Arc<DeliveryContext>, delivery: Received, request: S
     });
 }
 
-/// The request's chat slot: the one it kept while parked, or a new one in receipt order.
+/// The request's `send_at`, when it is further off than a delivery is ever held: the request is
+/// then parked until it is due, taking no chat slot meanwhile (a slot days ahead would hold every
+/// other request to the chat behind it).
+fn scheduled_beyond_hold(request: &SendRequest, hold: std::time::Duration) -> Option<u64> {
+    let send_at = request.send_at()?;
+    let ahead = send_at.duration_since(std::time::SystemTime::now()).ok()?;
+    (ahead > hold).then(|| send_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// Parks a scheduled request, as it came, until its `send_at` (the longest delay tier at a time).
+async fn park_scheduled(
+    ctx: &DeliveryContext,
+    bot: &Bot,
+    delivery: Received,
+    decoded: &Decoded,
+    carried: Carried,
+    until_ms: u64,
+) {
+    let request = &decoded.request;
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    Bookkeeping { carried, timing: Timing::NotBefore(until_ms) }.write(&mut headers, request.id(), &bot.seal);
+    let parking = Parking {
+        upload: !decoded.files.is_empty(),
+        body: delivery.body().clone(),
+        properties: without_expiration(&delivery.properties)
+            .with_message_id(request.id().into())
+            .with_headers(headers),
+        delay: instant_from_ms(until_ms).saturating_duration_since(Instant::now()),
+        held: Held::Owned(Box::new(delivery)),
+        why: "scheduled",
+        then: None,
+    };
+    ctx.outbox.park(parking).await;
+}
+
+/// The request's chat slot: the one it kept while parked, or a new one in receipt order, not
+/// before its `send_at`.
 async fn chat_slot(bot: &Bot, request: &SendRequest, timing: Timing, now: Instant) -> Instant {
     let chat = request.chat_id();
     let cost = request.pacing().chat_cost();
+    let send_at = request.send_at().map_or(now, |at| {
+        instant_from_ms(at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+    });
+    let timing = match timing {
+        Timing::Now if send_at > now => Timing::NotBefore(ms_from_instant(send_at)),
+        other => other,
+    };
     match timing {
         Timing::Slot(ms) => {
             let slot = instant_from_ms(ms);

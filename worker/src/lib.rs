@@ -14,6 +14,7 @@ mod admin;
 mod bots;
 pub mod budgets;
 mod carried;
+mod claims;
 pub mod classify;
 mod clock;
 pub mod config;
@@ -129,6 +130,14 @@ impl Worker {
             recent: Default::default(),
             outbox,
             events,
+            claims: claims::Claims::new(
+                redis.clone(),
+                config.common.redis.as_ref().map_or("", |r| r.key_prefix.as_str()),
+                &config.instance,
+                config.telegram_timeout,
+                config.idempotency_window,
+                config.common.suppression,
+            ),
             files: files::FileCache::new(redis),
             before_send,
             sends: tokio::sync::Semaphore::new(config.max_in_flight),

@@ -12,11 +12,10 @@ use shared::config::ProcessEnv;
 use shared::shutdown::Shutdown;
 use worker::{Worker, WorkerConfig};
 
-/// mimalloc rather than glibc's malloc, as in the dispatcher: glibc's malloc and free were about a
-/// fifth of the worker's CPU samples per delivery (`perf`, BENCHMARKS.md), and mimalloc took its
-/// CPU per delivery from 30–31 to 26 µs. It was once left out for its peak RSS (71 / 99 MiB at
-/// prefetch 256 / 1000): transparent huge pages, each counted whole in RSS once touched. Without
-/// them (see [`disable_transparent_huge_pages`]) it peaks at 30–32 / 36–40 MiB; the budget is 64 MB.
+/// mimalloc rather than glibc's malloc, as in the dispatcher: glibc's malloc and free cost the
+/// worker a good part of its CPU per delivery (BENCHMARKS.md, "CPU"). Its peak RSS stays within
+/// the memory budget once transparent huge pages are off (see [`disable_transparent_huge_pages`]
+/// and BENCHMARKS.md, "Memory").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -64,8 +63,8 @@ fn main() -> ExitCode {
 /// prefetched deliveries allocate. mimalloc is built not to ask for them (`no_thp` in the
 /// workspace `Cargo.toml`), but where the kernel's mode is `always`
 /// (`/sys/kernel/mm/transparent_hugepage/enabled`, the default of many kernels) the kernel backs its
-/// regions with them anyway: 65 / 73 MiB peak RSS at prefetch 256 / 1000 instead of 36 / 41
-/// (BENCHMARKS.md).
+/// regions with them anyway, and each touched 2 MiB page counts whole in RSS (BENCHMARKS.md,
+/// "Memory").
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn disable_transparent_huge_pages() -> std::io::Result<()> {

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use shared::amqp::PublishError;
 use shared::wire::{WireError, WireErrorCode};
 
+use crate::records::service::RecordsError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -27,6 +29,10 @@ pub enum ApiError {
     Unavailable(#[from] PublishError),
     #[error("no such endpoint")]
     NotFound,
+    #[error("records are off: set DATABASE_URL (a PostgreSQL URL) on the dispatcher to keep them")]
+    RecordsOff,
+    #[error(transparent)]
+    Records(#[from] RecordsError),
 }
 
 impl ApiError {
@@ -47,20 +53,38 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::RecordsOff => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Records(error) => match error {
+                RecordsError::UnknownId(_) => StatusCode::NOT_FOUND,
+                RecordsError::Conflict { .. } => StatusCode::CONFLICT,
+                RecordsError::Invalid(_) => StatusCode::BAD_REQUEST,
+                RecordsError::Store(_)
+                | RecordsError::CancelUnavailable
+                | RecordsError::Redis(_)
+                | RecordsError::Publish(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
         }
     }
 
     /// The `{"code", "message", "field"}` object.
     pub fn body(&self) -> Value {
         match self {
-            ApiError::BadRequest(e) => json!({"code": e.code, "message": e.message, "field": e.field}),
+            ApiError::BadRequest(e) | ApiError::Records(RecordsError::Invalid(e)) => {
+                json!({"code": e.code, "message": e.message, "field": e.field})
+            }
             other => {
                 let code = match other {
                     ApiError::Unauthorized => "unauthorized",
                     ApiError::TooLarge(_) | ApiError::UploadTooLarge(_) => "too_large",
                     ApiError::BodyTimeout(_) => "body_timeout",
                     ApiError::BodyUnreadable => "unreadable_body",
-                    ApiError::Unavailable(_) => "broker_unavailable",
+                    ApiError::Unavailable(_) | ApiError::Records(RecordsError::Publish(_)) => {
+                        "broker_unavailable"
+                    }
+                    ApiError::RecordsOff | ApiError::Records(RecordsError::Store(_)) => "records_unavailable",
+                    ApiError::Records(RecordsError::Conflict { code, .. }) => code,
+                    ApiError::Records(RecordsError::CancelUnavailable) => "cancel_unavailable",
+                    ApiError::Records(RecordsError::Redis(_)) => "redis_unavailable",
                     _ => "not_found",
                 };
                 json!({"code": code, "message": other.to_string(), "field": null})
@@ -71,11 +95,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Unavailable(error) = &self {
-            tracing::warn!(%error, "answering 503");
+        // A 503 that a retry may cure (not one that needs a setting changed).
+        let transient = self.status() == StatusCode::SERVICE_UNAVAILABLE
+            && !matches!(self, ApiError::RecordsOff | ApiError::Records(RecordsError::CancelUnavailable));
+        if transient {
+            tracing::warn!(error = %self, "answering 503");
         }
         let mut response = (self.status(), Json(json!({"error": self.body()}))).into_response();
-        if matches!(self, ApiError::Unavailable(_)) {
+        if transient {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
         response

@@ -7,6 +7,7 @@
 mod auth;
 mod batch;
 pub mod error;
+mod messages;
 mod send;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,8 @@ pub struct AppState {
     max_upload_bytes: usize,
     /// The last readiness answered, so that a change is logged once.
     ready: Arc<AtomicBool>,
+    /// The delivery records, when `DATABASE_URL` is set.
+    pub records: Option<crate::records::service::Records>,
 }
 
 impl AppState {
@@ -55,7 +58,14 @@ impl AppState {
             body_timeout,
             max_upload_bytes,
             ready: Arc::new(AtomicBool::new(true)),
+            records: None,
         }
+    }
+
+    /// Serves the records API from `records`.
+    pub fn with_records(mut self, records: crate::records::service::Records) -> Self {
+        self.records = Some(records);
+        self
     }
 
     /// The largest upload body read: the files, the request, and room for the encoding.
@@ -75,11 +85,12 @@ fn upload_error(error: shared::wire::upload::UploadError) -> ApiError {
     }
 }
 
-/// The router: the send routes behind the key check, probes open.
+/// The router: the send and records routes behind the key check, probes open.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/messages", post(send::send_one))
+        .route("/v1/messages", post(send::send_one).get(messages::list))
         .route("/v1/messages/batch", post(batch::send_batch))
+        .route("/v1/messages/{id}", get(messages::show).delete(messages::remove).patch(messages::edit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -113,6 +124,7 @@ fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/messages" => "messages",
         "/v1/messages/batch" => "batch",
+        _ if path.starts_with("/v1/messages/") => "message",
         "/healthz" | "/readyz" | "/metrics" => "probe",
         _ => "other",
     }

@@ -7,8 +7,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// The top-level members of a request document. A body is read straight into these rather than
-/// into a map first: building, searching and dropping that map was a fifth of the instructions
-/// `from_json` spent on a valid request (callgrind: 6.1 k → 4.9 k). Read either way, a key given
+/// into a map first: building, searching and dropping that map is a large part of what reading a
+/// valid request costs (BENCHMARKS.md, "CPU"). Read either way, a key given
 /// twice keeps its last value, as a map does.
 #[derive(Default)]
 pub(super) struct Members {
@@ -18,6 +18,9 @@ pub(super) struct Members {
     pub method: Option<Value>,
     pub params: Option<Value>,
     pub metadata: Option<Value>,
+    pub send_at: Option<Value>,
+    pub priority: Option<Value>,
+    pub force: Option<Value>,
     /// The first key, in sorted order, that the format does not know (the one a map would list
     /// first, so both ways name the same one).
     pub unknown: Option<String>,
@@ -40,6 +43,9 @@ impl Members {
             "method" => &mut self.method,
             "params" => &mut self.params,
             "metadata" => &mut self.metadata,
+            "send_at" => &mut self.send_at,
+            "priority" => &mut self.priority,
+            "force" => &mut self.force,
             _ => {
                 if self.unknown.as_deref().is_none_or(|first| key.as_ref() < first) {
                     self.unknown = Some(key.into_owned());

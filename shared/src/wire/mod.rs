@@ -18,6 +18,7 @@ pub mod upload;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -43,7 +44,20 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Top-level fields of a request.
-pub const TOP_LEVEL_FIELDS: &[&str] = &["version", "id", "bot", "method", "params", "metadata"];
+pub const TOP_LEVEL_FIELDS: &[&str] =
+    &["version", "id", "bot", "method", "params", "metadata", "send_at", "priority", "force"];
+/// How far ahead `send_at` may be.
+pub const MAX_SCHEDULE_AHEAD: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
+
+/// Which of a bot's traffic a request belongs to: the budget goes to single requests first, and
+/// campaign traffic (`bulk`) takes what is left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    #[default]
+    Normal,
+    Bulk,
+}
 /// Accepted values of `parse_mode`.
 pub const PARSE_MODES: &[&str] = &["HTML", "MarkdownV2", "Markdown"];
 
@@ -111,27 +125,23 @@ impl WireError {
         Self { code, message: message.into(), field: field.map(str::to_string) }
     }
 
-    pub(crate) fn at(
-        code: WireErrorCode,
-        field: &(impl fmt::Display + ?Sized),
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn at(code: WireErrorCode, field: &(impl fmt::Display + ?Sized), message: impl Into<String>) -> Self {
         Self { code, message: message.into(), field: Some(field.to_string()) }
     }
 
-    pub(crate) fn missing(field: &(impl fmt::Display + ?Sized)) -> Self {
+    pub fn missing(field: &(impl fmt::Display + ?Sized)) -> Self {
         Self::at(WireErrorCode::MissingField, field, "is required")
     }
 
-    fn unknown(field: &(impl fmt::Display + ?Sized), allowed: &str) -> Self {
+    pub fn unknown(field: &(impl fmt::Display + ?Sized), allowed: &str) -> Self {
         Self::at(WireErrorCode::UnknownField, field, format!("is not a known field; {allowed}"))
     }
 
-    pub(crate) fn wrong_type(field: &(impl fmt::Display + ?Sized), expected: &str) -> Self {
+    pub fn wrong_type(field: &(impl fmt::Display + ?Sized), expected: &str) -> Self {
         Self::at(WireErrorCode::InvalidType, field, format!("must be {expected}"))
     }
 
-    pub(crate) fn bad_value(field: &(impl fmt::Display + ?Sized), message: impl Into<String>) -> Self {
+    pub fn bad_value(field: &(impl fmt::Display + ?Sized), message: impl Into<String>) -> Self {
         Self::at(WireErrorCode::InvalidValue, field, message)
     }
 }
@@ -157,6 +167,46 @@ pub struct SendRequest {
     /// The file parts the params refer to (`attach://<name>`).
     #[serde(skip)]
     attachments: BTreeSet<String>,
+    /// Not before this instant (`send_at`); a time in the past means now.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339::serialize")]
+    send_at: Option<SystemTime>,
+    #[serde(skip_serializing_if = "is_normal")]
+    priority: Priority,
+    /// Send even to a chat suppressed because an earlier send found it gone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    force: bool,
+}
+
+fn is_normal(priority: &Priority) -> bool {
+    *priority == Priority::Normal
+}
+
+/// RFC 3339 timestamps (`send_at`), read with any offset and written in UTC.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    /// Parses an RFC 3339 timestamp (`2026-12-24T09:00:00+01:00`).
+    pub fn parse(text: &str) -> Option<SystemTime> {
+        OffsetDateTime::parse(text, &Rfc3339).ok().map(SystemTime::from)
+    }
+
+    /// Formats a time as RFC 3339 in UTC, with milliseconds.
+    pub fn format(time: SystemTime) -> String {
+        humantime::format_rfc3339_millis(time).to_string()
+    }
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        time: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => s.serialize_str(&format(*time)),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 impl SendRequest {
@@ -238,6 +288,21 @@ impl SendRequest {
         params.retain(|_, v| !v.is_null());
         let checked = params::check(method, &params, files, every_file_used)?;
         let metadata = parse_metadata(present(members.metadata))?;
+        let send_at = parse_send_at(present(members.send_at))?;
+        let priority = match present(members.priority) {
+            None => Priority::Normal,
+            Some(Value::String(p)) if p == "normal" => Priority::Normal,
+            Some(Value::String(p)) if p == "bulk" => Priority::Bulk,
+            Some(Value::String(p)) => {
+                return Err(WireError::bad_value("priority", format!("{p:?} must be normal or bulk")))
+            }
+            Some(_) => return Err(WireError::wrong_type("priority", "a string")),
+        };
+        let force = match present(members.force) {
+            None => false,
+            Some(Value::Bool(force)) => force,
+            Some(_) => return Err(WireError::wrong_type("force", "true or false")),
+        };
         Ok(Self {
             id,
             bot,
@@ -248,6 +313,9 @@ impl SendRequest {
             messages: checked.messages,
             warnings: checked.warnings,
             attachments: checked.attachments,
+            send_at,
+            priority,
+            force,
         })
     }
 
@@ -295,6 +363,25 @@ impl SendRequest {
             Pacing::Messages(_) => Pacing::Messages(self.messages.max(1)),
             other => other,
         }
+    }
+
+    /// When to send it, at the earliest (`send_at`).
+    pub fn send_at(&self) -> Option<SystemTime> {
+        self.send_at
+    }
+
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// Whether to send even to a suppressed chat.
+    pub fn force(&self) -> bool {
+        self.force
+    }
+
+    /// Sets the request's priority (a campaign's requests are `bulk`).
+    pub fn set_priority(&mut self, priority: Priority) {
+        self.priority = priority;
     }
 
     /// Whether the request asked for Telegram's paid broadcast budget.
@@ -458,6 +545,25 @@ fn parse_method(method: Option<Value>) -> Result<Method, WireError> {
             )
         }),
         Some(_) => Err(WireError::wrong_type("method", "a string")),
+    }
+}
+
+fn parse_send_at(send_at: Option<Value>) -> Result<Option<SystemTime>, WireError> {
+    match send_at {
+        None => Ok(None),
+        Some(Value::String(text)) => {
+            let time = rfc3339::parse(&text).ok_or_else(|| {
+                WireError::bad_value(
+                    "send_at",
+                    format!("{text:?} is not an RFC 3339 time (2026-12-24T09:00:00Z)"),
+                )
+            })?;
+            if time > SystemTime::now() + MAX_SCHEDULE_AHEAD {
+                return Err(WireError::bad_value("send_at", "is more than 90 days ahead"));
+            }
+            Ok(Some(time))
+        }
+        Some(_) => Err(WireError::wrong_type("send_at", "an RFC 3339 time string")),
     }
 }
 

@@ -118,6 +118,21 @@ fn schema() -> Value {
             "metadata": {
                 "type": "object",
                 "description": "Opaque to tg-dispatch, at most 4096 bytes as JSON; echoed back in delivery events."
+            },
+            "send_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Send at this time (RFC 3339), at most 90 days ahead; a time in the past means now."
+            },
+            "priority": {
+                "enum": ["normal", "bulk"],
+                "default": "normal",
+                "description": "bulk: the request takes what single requests leave of its bot's budget, as campaign traffic does."
+            },
+            "force": {
+                "type": "boolean",
+                "default": false,
+                "description": "Send even to a chat suppressed because an earlier send found it gone (blocked, deactivated, not found)."
             }
         },
         "allOf": branches,

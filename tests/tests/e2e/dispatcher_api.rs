@@ -95,7 +95,8 @@ async fn the_send_route_is_framed_and_routed_like_the_rest_of_the_api() {
     assert_eq!(length, answer.len());
     let answer: Value = serde_json::from_slice(&answer).unwrap();
     assert!(answer["id"].as_str().is_some_and(|id| !id.is_empty()), "{answer}");
-    assert_eq!(dispatcher.get("/v1/messages").await, 405, "other methods still get the router's answer");
+    let put = dispatcher.http.put(dispatcher.url("/v1/messages")).send().await.unwrap();
+    assert_eq!(put.status(), 405, "other methods still get the router's answer");
     assert_eq!(dispatcher.get("/v1/messages/").await, 404);
     let response = dispatcher
         .http
@@ -246,6 +247,7 @@ async fn the_cli_publishes_one_request_with_a_confirm() {
         bot: None,
         id: Some("cli-1".into()),
         json: None,
+        at: None,
     };
     let id = dispatcher::cli::send(&config, args).await.expect("published");
     assert_eq!(id, "cli-1");

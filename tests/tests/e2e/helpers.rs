@@ -26,6 +26,11 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| shared::config::DEFAULT_AMQP_URL.to_string())
 }
 
+/// The Redis every test uses, with keys under its own prefix (the test command makes sure it runs).
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| tests::services::DEFAULT_REDIS_URL.to_string())
+}
+
 /// A token the sandbox accepts; never printed by the product.
 pub const TOKEN: &str = "123456:TEST-sandbox-token-e2e";
 
@@ -194,9 +199,9 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
-    /// Deletes this test's exchanges and queues even when the test failed. Drop cannot await, so
-    /// the cleanup runs on a thread of its own with a small runtime of its own — test teardown only,
-    /// never inside the product.
+    /// Deletes this test's exchanges and queues, and its Redis keys (prefixed with its prefix),
+    /// even when the test failed. Drop cannot await, so the cleanup runs on a thread of its own
+    /// with a small runtime of its own — test teardown only, never inside the product.
     fn drop(&mut self) {
         let topology = self.topology.clone();
         let cleanup = std::thread::spawn(move || {
@@ -214,6 +219,7 @@ impl Drop for TestEnv {
                     }
                     let _ = connection.close(200, "cleanup".into()).await;
                 }
+                tests::services::delete_redis_keys(&redis_url(), topology.prefix()).await;
             });
         });
         let _ = cleanup.join();
@@ -352,6 +358,31 @@ impl DispatcherHandle {
     /// spacing and key order that must survive); the answer as `post_json` gives it.
     pub async fn post_body(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
         Self::answer(self.http.post(self.url(path)).body(body)).await
+    }
+
+    /// `GET path`: the status and the JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::answer(self.http.get(self.url(path))).await
+    }
+
+    /// `DELETE path`: the status and the JSON body.
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::answer(self.http.delete(self.url(path))).await
+    }
+
+    /// `PATCH path` with a JSON body: the status and the JSON body.
+    pub async fn patch_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        Self::answer(self.http.patch(self.url(path)).json(body)).await
+    }
+
+    /// Waits until the record of `id` has `status`, and returns it.
+    pub async fn record_with_status(&self, id: &str, status: &str) -> serde_json::Value {
+        let path = format!("/v1/messages/{id}");
+        eventually(&format!("record {id} to be {status}"), DEADLINE, || async {
+            let (code, record) = self.get_json(&path).await;
+            (code == 200 && record["status"] == status).then_some(record)
+        })
+        .await
     }
 
     /// The status and the JSON body (`Null` when it is not JSON) of the answer to `request`.

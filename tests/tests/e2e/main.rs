@@ -16,4 +16,5 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod pacing;
+mod records;
 mod sending;
