@@ -43,6 +43,206 @@ pub enum Command {
     /// Delivery records (DATABASE_URL): show, list, cancel or delete, edit.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Campaigns (DATABASE_URL and REDIS_URL): create, list, show, pause, resume, cancel, recall,
+    /// report.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Creates a campaign of one text to every chat in a file (CSV with a chat_id header, or
+    /// NDJSON); a running dispatcher sends it.
+    Create {
+        #[arg(long)]
+        bot: Option<String>,
+        /// The text; {{name}} is replaced by each recipient's variable `name`.
+        #[arg(long)]
+        text: String,
+        /// HTML, MarkdownV2 or Markdown.
+        #[arg(long)]
+        parse_mode: Option<String>,
+        /// The recipients: CSV (chat_id, then one column per variable) or NDJSON.
+        #[arg(long, value_name = "FILE")]
+        recipients: PathBuf,
+        /// Start later: an RFC 3339 time or a delay from now (90s, 2h).
+        #[arg(long, value_name = "TIME", value_parser = parse_send_at)]
+        at: Option<SystemTime>,
+        /// At most this many messages a second.
+        #[arg(long)]
+        max_rate: Option<f64>,
+        /// The campaign's id (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Campaigns, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One campaign's progress; --watch draws it live until the campaign ends.
+    Show {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Holds a campaign.
+    Pause { id: String },
+    /// Lets a paused campaign go on.
+    Resume { id: String },
+    /// Stops a campaign for good.
+    Cancel { id: String },
+    /// Deletes every delivered message of a campaign.
+    Recall { id: String },
+    /// One row per recipient: chat_id, status, telegram_message_id, error.
+    Report {
+        id: String,
+        #[arg(long, default_value = "ndjson", value_parser = ["csv", "ndjson"])]
+        format: String,
+    },
+}
+
+/// The campaigns, for the `campaign` commands.
+fn open_campaigns(config: &DispatcherConfig) -> anyhow::Result<crate::campaigns::service::Campaigns> {
+    let settings = config.records.as_ref().context("campaigns need DATABASE_URL (a PostgreSQL URL)")?;
+    let redis = config.common.redis.as_ref().context("campaigns need REDIS_URL, shared with the workers")?;
+    let store = crate::records::Store::new(settings.url.expose())?;
+    Ok(crate::campaigns::service::Campaigns::new(store, crate::control::Control::new(redis)?))
+}
+
+/// Runs a `campaign` command, printing as it goes (a report streams; `--watch` redraws).
+pub async fn campaign(config: &DispatcherConfig, command: CampaignCommand) -> anyhow::Result<()> {
+    let campaigns = open_campaigns(config)?;
+    match command {
+        CampaignCommand::Create { bot, text, parse_mode, recipients, at, max_rate, id } => {
+            let mut document = Map::new();
+            document.insert("method".into(), "sendMessage".into());
+            let mut params = Map::new();
+            params.insert("text".into(), text.into());
+            if let Some(mode) = parse_mode {
+                params.insert("parse_mode".into(), mode.into());
+            }
+            document.insert("params".into(), Value::Object(params));
+            for (key, value) in [
+                ("bot", bot.map(Value::from)),
+                ("id", id.map(Value::from)),
+                ("max_rate_per_sec", max_rate.map(Value::from)),
+            ] {
+                if let Some(value) = value {
+                    document.insert(key.into(), value);
+                }
+            }
+            if let Some(at) = at {
+                document.insert("send_at".into(), shared::wire::rfc3339::format(at).into());
+            }
+            let created =
+                campaigns.create_from_file(document, &recipients).await.map_err(describe_campaign_error)?;
+            println!(
+                "{}: {} ({} recipients, {} duplicates dropped, {} suppressed)",
+                created.id,
+                created.status.as_str(),
+                created.recipients,
+                created.duplicates,
+                created.suppressed
+            );
+        }
+        CampaignCommand::List { json } => {
+            let listed = campaigns.list(50).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else {
+                println!(
+                    "{:<40} {:<10} {:>10} {:>10} {:>8} {:>8}",
+                    "ID", "STATUS", "RECIPIENTS", "DELIVERED", "FAILED", "PENDING"
+                );
+                for c in &listed {
+                    let t = &c["totals"];
+                    println!(
+                        "{:<40} {:<10} {:>10} {:>10} {:>8} {:>8}",
+                        c["id"].as_str().unwrap_or_default(),
+                        c["status"].as_str().unwrap_or_default(),
+                        t["recipients"],
+                        t["delivered"],
+                        t["failed"],
+                        t["pending"]
+                    );
+                }
+            }
+        }
+        CampaignCommand::Show { id, watch: false } => {
+            println!("{}", serde_json::to_string_pretty(&campaigns.view(&id).await?)?);
+        }
+        CampaignCommand::Show { id, watch: true } => watch_campaign(&campaigns, &id).await?,
+        CampaignCommand::Pause { id } => print_status(&campaigns.pause(&id).await?),
+        CampaignCommand::Resume { id } => print_status(&campaigns.resume(&id).await?),
+        CampaignCommand::Cancel { id } => print_status(&campaigns.cancel(&id).await?),
+        CampaignCommand::Recall { id } => print_status(&campaigns.recall(&id).await?),
+        CampaignCommand::Report { id, format } => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+            let reading = campaigns.report(&id, tx);
+            let csv = format == "csv";
+            if csv {
+                println!("chat_id,status,telegram_message_id,error");
+            }
+            let printing = async {
+                while let Some(row) = rx.recv().await {
+                    print!("{}", crate::http::report_line(&row, csv));
+                }
+            };
+            let (read, ()) = tokio::join!(reading, printing);
+            read?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_campaign_error(error: crate::campaigns::service::CampaignError) -> anyhow::Error {
+    use crate::campaigns::{service::CampaignError, store::CreateError};
+    match error {
+        CampaignError::Create(CreateError::Rows(rows)) => {
+            let lines: Vec<String> =
+                rows.iter().map(|r| format!("  line {}: {}", r.line, r.message)).collect();
+            anyhow::anyhow!("the recipients are not valid:\n{}", lines.join("\n"))
+        }
+        other => other.into(),
+    }
+}
+
+fn print_status(view: &Value) {
+    println!("{}: {}", view["id"].as_str().unwrap_or_default(), view["status"].as_str().unwrap_or_default());
+}
+
+/// Redraws a progress bar with the rate and ETA every second until the campaign ends.
+async fn watch_campaign(campaigns: &crate::campaigns::service::Campaigns, id: &str) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:40}] {pos}/{len} {msg}")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(id.to_string());
+    loop {
+        let view = campaigns.view(id).await?;
+        let totals = &view["totals"];
+        let number = |key: &str| totals[key].as_u64().unwrap_or(0);
+        bar.set_length(number("recipients"));
+        bar.set_position(number("delivered") + number("failed") + number("suppressed") + number("cancelled"));
+        let eta = view["eta_seconds"]
+            .as_u64()
+            .map_or("-".to_string(), |s| humantime::format_duration(Duration::from_secs(s)).to_string());
+        bar.set_message(format!(
+            "{} · {}/s · ETA {eta} · failed {} · suppressed {}",
+            view["status"].as_str().unwrap_or_default(),
+            view["rate_per_sec"],
+            number("failed"),
+            number("suppressed")
+        ));
+        let status = view["status"].as_str().unwrap_or_default();
+        if status == "completed" || status == "cancelled" {
+            bar.finish();
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,8 +294,8 @@ async fn open_records(
         config.publish_timeout,
         1,
     ));
-    let records =
-        crate::records::service::Records::new(store, Arc::clone(&publisher), config.common.redis.as_ref())?;
+    let control = config.common.redis.as_ref().map(crate::control::Control::new).transpose()?;
+    let records = crate::records::service::Records::new(store, Arc::clone(&publisher), control);
     Ok((records, publisher))
 }
 

@@ -45,6 +45,8 @@ pub struct DispatcherConfig {
     pub connections: ConnectionLimits,
     /// The delivery records (`DATABASE_URL`); `None` keeps none.
     pub records: Option<RecordsSettings>,
+    /// Ready messages the bulk queue may hold before campaigns wait (`CAMPAIGN_WINDOW`).
+    pub campaign_window: u32,
 }
 
 /// Where the delivery records are kept, and for how long.
@@ -151,6 +153,12 @@ impl DispatcherConfig {
                 .unwrap_or_else(|| shared::telemetry::hostname("dispatcher")),
             connections: ConnectionLimits::from_env(env)?,
             records: RecordsSettings::from_env(env)?,
+            campaign_window: match env
+                .parse_or("CAMPAIGN_WINDOW", crate::campaigns::fanout::DEFAULT_WINDOW)?
+            {
+                0 => return Err(ConfigError::new("CAMPAIGN_WINDOW", "must be at least 1")),
+                window => window,
+            },
         })
     }
 

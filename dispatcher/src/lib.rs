@@ -3,8 +3,10 @@
 //! [`Publisher`]; neither ever talks to Telegram. The runtime is the caller's.
 #![forbid(unsafe_code)]
 
+pub mod campaigns;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dead;
 pub mod http;
 pub mod records;
@@ -22,6 +24,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use config::DispatcherConfig;
 
+/// How long start-up waits for the records schema's migration before serving without it.
+const MIGRATE_AT_START: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Confirm channels the dispatcher keeps open; publishes are pipelined on each.
 const PUBLISH_CHANNELS: usize = 4;
 
@@ -30,6 +35,8 @@ pub struct Application {
     listener: TcpListener,
     state: http::AppState,
     config: DispatcherConfig,
+    /// The records schema was brought up to date before serving.
+    migrated: bool,
 }
 
 impl Application {
@@ -57,35 +64,60 @@ impl Application {
             config.connections.body_timeout,
             config.common.max_upload_bytes,
         );
+        let control = config.common.redis.as_ref().map(control::Control::new).transpose()?;
+        if let Some(control) = &control {
+            state = state.with_control(control.clone());
+        }
         if let Some(settings) = &config.records {
             let store = records::Store::new(settings.url.expose())?;
             let publisher = Arc::clone(&state.publisher);
-            state = state.with_records(records::service::Records::new(
-                store,
-                publisher,
-                config.common.redis.as_ref(),
-            )?);
+            state =
+                state.with_records(records::service::Records::new(store.clone(), publisher, control.clone()));
+            if let Some(control) = control {
+                state = state.with_campaigns(campaigns::service::Campaigns::new(store, control));
+            }
         }
-        Ok(Self { listener, state, config })
+        // Before serving when PostgreSQL answers, so that the records API works from the first
+        // request; otherwise in the background, while sends are served meanwhile.
+        let migrated = match &state.records {
+            Some(records) => {
+                let migrating = tokio::time::timeout(MIGRATE_AT_START, records.store.migrate()).await;
+                matches!(migrating, Ok(Ok(())))
+            }
+            None => false,
+        };
+        Ok(Self { listener, state, config, migrated })
     }
 
     /// Brings the records schema up to date (retrying while PostgreSQL is away: sends do not need
-    /// it), then writes records and expires old ones until `shutdown`.
+    /// it), then writes records, expires old ones and fans campaigns out until `shutdown`.
     fn keep_records(&self, shutdown: &Shutdown) -> Option<tokio::task::JoinHandle<()>> {
         let settings = self.config.records.clone()?;
         let store = self.state.records.as_ref()?.store.clone();
         let amqp = self.config.common.amqp.clone();
         let instance = self.config.instance.clone();
+        let fan_out = self.state.campaigns.is_some().then(|| campaigns::fanout::FanOut {
+            owner: format!("{instance}-{}", shared::wire::new_request_id()),
+            window: self.config.campaign_window,
+        });
+        let publisher = Arc::clone(&self.state.publisher);
         let shutdown = shutdown.clone();
-        tracing::info!(database = %settings.display_url(), "keeping delivery records");
+        let migrated = self.migrated;
+        tracing::info!(database = %settings.display_url(), campaigns = fan_out.is_some(), "keeping delivery records");
         Some(tokio::spawn(async move {
-            if !records::store::migrate_until_done(&store, &shutdown).await {
+            if !migrated && !records::store::migrate_until_done(&store, &shutdown).await {
                 return;
             }
             let retention =
                 tokio::spawn(records::retention::run(store.clone(), settings.retention, shutdown.clone()));
+            let fanning = fan_out.map(|fan_out| {
+                tokio::spawn(campaigns::fanout::run(store.clone(), publisher, fan_out, shutdown.clone()))
+            });
             records::writer::run(store, amqp, instance, shutdown).await;
             let _ = retention.await;
+            if let Some(fanning) = fanning {
+                let _ = fanning.await;
+            }
         }))
     }
 

@@ -73,6 +73,10 @@ fn main() -> ExitCode {
                 println!("{output}");
                 Ok(())
             }
+            Command::Campaign(command) => {
+                // A report or a watch runs as long as it takes; Ctrl-C ends it.
+                dispatcher::cli::campaign(&config, command).await
+            }
             Command::Send(args) => {
                 let sent =
                     tokio::time::timeout(dispatcher::cli::CLI_TIMEOUT, dispatcher::cli::send(&config, args));

@@ -293,6 +293,9 @@ impl Publisher {
         document: &[u8],
         app_id: &str,
     ) -> Result<(), PublishError> {
+        if request.priority() == crate::wire::Priority::Bulk {
+            return self.publish_bulk(request, document, app_id).await;
+        }
         self.publish(Outgoing {
             exchange: &self.send_exchange,
             mandatory: true,
@@ -301,6 +304,33 @@ impl Publisher {
             properties: request_properties(request, app_id),
         })
         .await
+    }
+
+    /// A bulk request goes to the bulk exchange, which the records queue is not bound to (a
+    /// campaign's recipients are recorded by the campaign): a single one gets its request
+    /// document to the records exchange besides.
+    async fn publish_bulk(
+        &self,
+        request: &SendRequest,
+        document: &[u8],
+        app_id: &str,
+    ) -> Result<(), PublishError> {
+        let exchange = self.topology.bulk_exchange();
+        let bulk = self.publish(Outgoing {
+            exchange: &exchange,
+            mandatory: true,
+            routing_key: request.bot(),
+            body: document,
+            properties: request_properties(request, app_id),
+        });
+        if !self.records || request.campaign().is_some() {
+            return bulk.await;
+        }
+        let (bulk, record) = tokio::join!(bulk, self.publish_record_document(request, app_id));
+        if let Err(error) = record {
+            tracing::debug!(%error, id = request.id(), "a bulk request's record document was not published");
+        }
+        bulk
     }
 
     /// Publishes an upload (a request with its files, `multipart/form-data` of content type
@@ -326,20 +356,17 @@ impl Publisher {
         }
         // The records queue is not bound to the upload exchange (it would hold every file's bytes):
         // it gets the request document alone. Without it the record starts at the first event.
-        let (upload, record) = tokio::join!(upload, self.publish_record_of_upload(request, app_id));
+        let (upload, record) = tokio::join!(upload, self.publish_record_document(request, app_id));
         if let Err(error) = record {
             tracing::debug!(%error, id = request.id(), "an upload's record document was not published");
         }
         upload
     }
 
-    /// Publishes an upload's request document (without its files) to the records exchange, so that
-    /// its record exists from the start. Returns once the broker confirmed it.
-    async fn publish_record_of_upload(
-        &self,
-        request: &SendRequest,
-        app_id: &str,
-    ) -> Result<(), PublishError> {
+    /// Publishes a request document (an upload's without its files) to the records exchange, for a
+    /// request the records queue does not get a copy of, so that its record exists from the
+    /// start. Returns once the broker confirmed it.
+    async fn publish_record_document(&self, request: &SendRequest, app_id: &str) -> Result<(), PublishError> {
         let exchange = self.topology.records_exchange();
         self.publish(Outgoing {
             exchange: &exchange,

@@ -25,6 +25,7 @@
 //! |---|---|
 //! | `{ns}:req:{id}` | the request's claim ([`claims`]): `sending:<worker>` while a worker sends it, `done` once delivered (for `IDEMPOTENCY_WINDOW_HOURS`), `cancelled` once cancelled |
 //! | `{ns}:sup:{bot}:{chat}` | the chat is suppressed for the bot (alias): an earlier send found it gone; kept `SUPPRESSION_DAYS` |
+//! | `{ns}:camp:{id}` | a campaign's control: `paused` or `cancelled` (absent while it runs) |
 
 /// Budget keys of one bot token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +92,11 @@ pub fn suppression(namespace: &str, alias: &str, chat: &impl std::fmt::Display) 
     format!("{namespace}:sup:{alias}:{chat}")
 }
 
+/// The control key of campaign `id` ([`claims::PAUSED`], [`claims::CANCELLED`]).
+pub fn campaign_control(namespace: &str, id: &str) -> String {
+    format!("{namespace}:camp:{id}")
+}
+
 /// Claims: which worker may send a request now, whether it was cancelled, and whether it was
 /// delivered already. One atomic check right before the call to Telegram, one write after it, so
 /// that a request id is sent once whichever workers hold copies of it, and a cancelled request is
@@ -100,16 +106,23 @@ pub mod claims {
     pub const DONE: &str = "done";
     /// The claim value of a cancelled request.
     pub const CANCELLED: &str = "cancelled";
+    /// The control value of a paused campaign.
+    pub const PAUSED: &str = "paused";
     /// How long a cancellation is kept: longer than a request may be scheduled ahead.
     pub const CANCELLED_TTL_SECS: u64 = 91 * 86_400;
 
-    /// Before the call. KEYS: claim, suppression of the chat. ARGV: this worker's claim value
-    /// (`sending:…`), the claim's lifetime in ms, `1` to ignore the suppression. Returns `ok` (the
-    /// claim is this worker's), `cancelled`, `done`, `busy` (another worker is sending it) or
-    /// `suppressed`.
+    /// Before the call. KEYS: claim, suppression of the chat, and the campaign's control key for
+    /// a campaign's request. ARGV: this worker's claim value (`sending:…`), the claim's lifetime in
+    /// ms, `1` to ignore the suppression. Returns `ok` (the claim is this worker's), `cancelled`
+    /// (the request or its campaign), `paused` (its campaign), `done`, `busy` (another worker is
+    /// sending it) or `suppressed`.
     pub const CLAIM: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == 'cancelled' then return 'cancelled' end
+if KEYS[3] then
+  local c = redis.call('GET', KEYS[3])
+  if c == 'cancelled' or c == 'paused' then return c end
+end
 if v == 'done' then return 'done' end
 if v and v ~= ARGV[1] then return 'busy' end
 if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 'suppressed' end

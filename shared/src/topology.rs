@@ -103,6 +103,18 @@ impl Topology {
         format!("{}.upload.delay.{}s", self.prefix, tier.as_secs())
     }
 
+    /// Topic exchange of bulk traffic: campaigns' messages, and requests that say
+    /// `"priority": "bulk"`. Workers give its requests what single requests leave of each bot's
+    /// budget.
+    pub fn bulk_exchange(&self) -> String {
+        format!("{}.bulk", self.prefix)
+    }
+
+    /// Quorum queue of bulk traffic, bound to [`Self::bulk_exchange`] with `#`.
+    pub fn bulk_queue(&self) -> String {
+        format!("{}.bulk", self.prefix)
+    }
+
     /// Topic exchange for messages that can never be delivered.
     pub fn dead_exchange(&self) -> String {
         format!("{}.dead", self.prefix)
@@ -140,14 +152,20 @@ impl Topology {
 
     /// Every queue of this topology.
     pub fn queues(&self) -> Vec<String> {
-        let mut queues = vec![self.send_queue(), self.upload_queue(), self.dead_queue()];
+        let mut queues = vec![self.send_queue(), self.upload_queue(), self.bulk_queue(), self.dead_queue()];
         queues.extend(DELAY_TIERS.iter().map(|tier| self.delay_queue(*tier)));
         queues.extend(DELAY_TIERS.iter().map(|tier| self.upload_delay_queue(*tier)));
         queues
     }
 
-    fn exchanges(&self) -> [String; 4] {
-        [self.send_exchange(), self.upload_exchange(), self.dead_exchange(), self.events_exchange()]
+    fn exchanges(&self) -> [String; 5] {
+        [
+            self.send_exchange(),
+            self.upload_exchange(),
+            self.bulk_exchange(),
+            self.dead_exchange(),
+            self.events_exchange(),
+        ]
     }
 
     /// The delay tier for a wait of `remaining`: the longest tier not longer than it (the shortest
@@ -171,9 +189,11 @@ impl Topology {
         let (dead_queue, dead_exchange) = (self.dead_queue(), self.dead_exchange());
         self.declare_bound_queue(channel, dead_queue, dead_exchange, dead_args).await?;
 
-        for (queue, exchange) in
-            [(self.send_queue(), self.send_exchange()), (self.upload_queue(), self.upload_exchange())]
-        {
+        for (queue, exchange) in [
+            (self.send_queue(), self.send_exchange()),
+            (self.upload_queue(), self.upload_exchange()),
+            (self.bulk_queue(), self.bulk_exchange()),
+        ] {
             let mut args = dead_letter_args(&self.dead_exchange());
             args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
             self.declare_bound_queue(channel, queue, exchange, args).await?;

@@ -5,6 +5,7 @@
 //! - a request id delivered within `IDEMPOTENCY_WINDOW_HOURS` is not sent again by any worker,
 //!   and while one worker sends it, another's copy waits; only a send whose outcome is unknown (its
 //!   worker died during the call) is repeated, once its claim expires;
+//! - a request of a paused campaign waits, and one of a cancelled campaign is never sent;
 //! - a chat an earlier send found gone (blocked, deactivated, kicked, not found) is suppressed for
 //!   `SUPPRESSION_DAYS`, unless the request says `force`.
 //!
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis;
-use shared::redis_keys::{claims, request_claim, suppression};
+use shared::redis_keys::{campaign_control, claims, request_claim, suppression};
 use shared::wire::SendRequest;
 
 use crate::budgets::RedisStore;
@@ -35,6 +36,8 @@ pub(crate) enum Claim {
     Busy,
     /// Its chat is suppressed for its bot.
     Suppressed,
+    /// Its campaign is paused.
+    Paused,
 }
 
 pub(crate) struct Claims {
@@ -91,10 +94,13 @@ impl Claims {
     /// The check right before the call.
     pub(crate) async fn claim(&self, request: &SendRequest) -> Claim {
         let Some(store) = &self.redis else { return Claim::Unchecked };
-        let keys = [
+        let mut keys = vec![
             request_claim(&self.namespace, request.id()),
             suppression(&self.namespace, request.bot(), request.chat_id()),
         ];
+        if let Some(campaign) = request.campaign() {
+            keys.push(campaign_control(&self.namespace, campaign));
+        }
         let args =
             [self.token.clone(), self.hold.as_millis().to_string(), u8::from(request.force()).to_string()];
         let answer: Option<String> = self.answered(store.script(claims::CLAIM, &keys, &args).await);
@@ -104,6 +110,7 @@ impl Claims {
             Some("done") => Claim::Delivered,
             Some("busy") => Claim::Busy,
             Some("suppressed") => Claim::Suppressed,
+            Some("paused") => Claim::Paused,
             _ => Claim::Unchecked,
         }
     }

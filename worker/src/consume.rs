@@ -148,6 +148,7 @@ async fn consume_session(
     let mut sends = Consumer::start(ctx, &connection, &topology.send_queue(), ctx.config.prefetch).await?;
     let mut uploads =
         Consumer::start(ctx, &connection, &topology.upload_queue(), ctx.config.upload_prefetch()).await?;
+    let mut bulk = Consumer::start(ctx, &connection, &topology.bulk_queue(), ctx.config.prefetch).await?;
     if !publisher_ready(ctx).await {
         let _ = connection.close(200, "shutting down".into()).await;
         return Ok(Some(drain(ctx, Instant::now()).await));
@@ -159,55 +160,63 @@ async fn consume_session(
     }
     *failures = 0;
     ctx.consuming.store(true, Ordering::Relaxed);
-    tracing::info!(send = %topology.send_queue(), upload = %topology.upload_queue(), "consuming");
+    tracing::info!(send = %topology.send_queue(), upload = %topology.upload_queue(), bulk = %topology.bulk_queue(), "consuming");
 
-    let lost = consume(ctx, &mut sends, &mut uploads).await;
+    let lost = consume(ctx, &mut sends, &mut uploads, &mut bulk).await;
     ctx.consuming.store(false, Ordering::Relaxed);
     if let Some(error) = lost {
         sends.close().await;
         uploads.close().await;
+        bulk.close().await;
         let _ = connection.close(200, "reconnecting".into()).await;
         return Err(error);
     }
 
     let started = Instant::now();
-    let cancelled = sends.cancel().await & uploads.cancel().await;
+    let cancelled = sends.cancel().await & uploads.cancel().await & bulk.cancel().await;
     let summary = drain(ctx, started).await;
     // Every ack queued by the drained tasks goes out before the channels close, and has a moment
     // to be applied (see SETTLE_GRACE); a second signal does not wait for that. Not while a
     // consumer may still be active: the broker would fill the credit the last acks freed with
     // deliveries that the close then returns.
     let grace = !summary.timed_out && cancelled;
-    let (send_channel, upload_channel) = (sends.channel.clone(), uploads.channel.clone());
+    let channels = [sends.channel.clone(), uploads.channel.clone(), bulk.channel.clone()];
     stop_flusher(sends.flusher_stop, sends.flusher).await;
     stop_flusher(uploads.flusher_stop, uploads.flusher).await;
+    stop_flusher(bulk.flusher_stop, bulk.flusher).await;
     if grace {
         tokio::select! {
             _ = tokio::time::sleep(SETTLE_GRACE) => {}
             _ = ctx.shutdown.immediate() => {}
         }
     }
-    let _ = send_channel.close(200, "shutting down".into()).await;
-    let _ = upload_channel.close(200, "shutting down".into()).await;
+    for channel in channels {
+        let _ = channel.close(200, "shutting down".into()).await;
+    }
     let _ = connection.close(200, "shutting down".into()).await;
     Ok(Some(summary))
 }
 
-/// Takes deliveries from both queues until shutdown (`None`) or until a channel fails.
+/// Takes deliveries from the three queues until shutdown (`None`) or until a channel fails. Single
+/// requests are taken first when several queues have deliveries ready.
 async fn consume(
     ctx: &Arc<DeliveryContext>,
     sends: &mut Consumer,
     uploads: &mut Consumer,
+    bulk: &mut Consumer,
 ) -> Option<anyhow::Error> {
     let (send_failed, upload_failed) = (sends.settler.failed(), uploads.settler.failed());
+    let bulk_failed = bulk.settler.failed();
     loop {
         let (next, settler) = tokio::select! {
             biased;
             _ = ctx.shutdown.requested() => return None,
             _ = send_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the send channel")),
             _ = upload_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the upload channel")),
+            _ = bulk_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the bulk channel")),
             next = sends.consumer.next() => (next, &sends.settler),
             next = uploads.consumer.next() => (next, &uploads.settler),
+            next = bulk.consumer.next() => (next, &bulk.settler),
         };
         match next {
             Some(Ok(delivery)) => accept(ctx, settler, delivery).await,

@@ -28,6 +28,8 @@ use crate::telegram::RawAnswer;
 const GATE_WAIT_MARGIN: Duration = Duration::from_secs(5);
 /// How long a copy waits while another worker sends the same request id.
 const BUSY_RECHECK: Duration = Duration::from_secs(5);
+/// How often a request of a paused campaign asks again whether it may go.
+const PAUSED_RECHECK: Duration = Duration::from_secs(5);
 
 /// The request as it stands: a migration rewrites it, and each attempt updates what it carries.
 #[derive(Clone)]
@@ -127,14 +129,15 @@ async fn wait_for_turn(ctx: &DeliveryContext, bot: &Bot, job: &Job, request: &Se
     let paid = request.is_paid_broadcast();
     let gate = bot.gate(paid);
     let spacing = bot.budgets.limits().global_interval(paid);
-    let ahead = gate::estimated_wait(gate.ahead_of(job.received), spacing) + spacing * (global - 1);
+    let bulk = request.priority() == shared::wire::Priority::Bulk;
+    let ahead = gate::estimated_wait(gate.ahead_of(bulk, job.received), spacing) + spacing * (global - 1);
     let expected = chat_ready.max(now + ahead);
     if expected.saturating_duration_since(now) > hold {
         return Turn::Park { until: expected, why: "global budget" };
     }
     let waited = async {
         tokio::time::sleep_until(chat_ready).await;
-        gate.acquire(&bot.budgets, paid, job.received, global).await
+        gate.acquire(&bot.budgets, paid, bulk, job.received, global).await
     };
     let wait_started = Instant::now();
     // The estimate sees only this worker's waiters: bound the wait, and park past it rather than
@@ -191,6 +194,10 @@ async fn last_look(
         Claim::Busy => {
             // Its outcome decides this copy's: ask again shortly.
             park(ctx, bot, job, attempt, Instant::now() + BUSY_RECHECK, "sent by another worker", None).await;
+            Some(Next::Done)
+        }
+        Claim::Paused => {
+            park(ctx, bot, job, attempt, Instant::now() + PAUSED_RECHECK, "campaign paused", None).await;
             Some(Next::Done)
         }
         Claim::Suppressed => {

@@ -60,6 +60,9 @@ impl Event {
         if let Some(metadata) = request.metadata() {
             body["metadata"] = serde_json::Value::Object(metadata.clone());
         }
+        if let Some(campaign) = request.campaign() {
+            body["campaign"] = campaign.into();
+        }
         Self { routing_key: format!("{status}.{}", request.bot()), id: request.id().to_string(), body }
     }
 

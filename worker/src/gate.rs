@@ -23,6 +23,8 @@ use crate::budgets::Budgets;
 const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 struct Waiter {
+    /// Bulk traffic (campaigns, `"priority": "bulk"`) is served after every single request.
+    bulk: bool,
     priority: Instant,
     seq: u64,
     /// Slots it needs (messages it sends).
@@ -32,7 +34,7 @@ struct Waiter {
 
 impl PartialEq for Waiter {
     fn eq(&self, other: &Self) -> bool {
-        (self.priority, self.seq) == (other.priority, other.seq)
+        (self.bulk, self.priority, self.seq) == (other.bulk, other.priority, other.seq)
     }
 }
 impl Eq for Waiter {}
@@ -43,7 +45,7 @@ impl PartialOrd for Waiter {
 }
 impl Ord for Waiter {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.priority, self.seq).cmp(&(other.priority, other.seq))
+        (self.bulk, self.priority, self.seq).cmp(&(other.bulk, other.priority, other.seq))
     }
 }
 
@@ -72,19 +74,20 @@ impl Gate {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// How many waiters would be served before one of `priority`.
-    pub fn ahead_of(&self, priority: Instant) -> usize {
-        self.lock().waiters.iter().filter(|Reverse(w)| w.priority <= priority).count()
+    /// How many waiters would be served before one of `priority` (bulk or not).
+    pub fn ahead_of(&self, bulk: bool, priority: Instant) -> usize {
+        self.lock().waiters.iter().filter(|Reverse(w)| (w.bulk, w.priority) <= (bulk, priority)).count()
     }
 
-    /// Waits for `cost` slots of `budgets`' global (or paid) budget. Earlier `priority` is served
-    /// first; equal priorities in arrival order. When nobody is waiting and one slot is all it
-    /// needs and is free right now, the caller takes it itself, without a hop through the gate's
-    /// task.
+    /// Waits for `cost` slots of `budgets`' global (or paid) budget. Single requests are served
+    /// before `bulk` ones; within each, earlier `priority` first, equal priorities in arrival
+    /// order. When nobody is waiting and one slot is all it needs and is free right now, the
+    /// caller takes it itself, without a hop through the gate's task.
     pub async fn acquire(
         &self,
         budgets: &Budgets,
         paid: bool,
+        bulk: bool,
         priority: Instant,
         cost: u32,
     ) -> Result<(), Closed> {
@@ -99,7 +102,7 @@ impl Gate {
             let mut queue = self.lock();
             let seq = queue.next_seq;
             queue.next_seq += 1;
-            queue.waiters.push(Reverse(Waiter { priority, seq, cost: cost.max(1), grant }));
+            queue.waiters.push(Reverse(Waiter { bulk, priority, seq, cost: cost.max(1), grant }));
         }
         self.arrived.notify_one();
         granted.await.map_err(|_| Closed)
@@ -189,7 +192,7 @@ mod tests {
             let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
             let budgets_for_task = Arc::clone(&budgets_under_test);
             tasks.push(tokio::spawn(async move {
-                gate.acquire(&budgets_for_task, false, t0 + Duration::from_secs(1), 1).await.unwrap();
+                gate.acquire(&budgets_for_task, false, false, t0 + Duration::from_secs(1), 1).await.unwrap();
                 order.lock().unwrap().push((format!("new{n}"), Instant::now() - t0));
             }));
         }
@@ -197,9 +200,9 @@ mod tests {
         // An "old" waiter (received at t0) arrives later but is served at the very next slot.
         let (gate2, order2) = (Arc::clone(&gate), Arc::clone(&order));
         let budgets2 = Arc::clone(&budgets_under_test);
-        assert!(gate.ahead_of(t0) == 0 && gate.ahead_of(t0 + Duration::from_secs(1)) > 10);
+        assert!(gate.ahead_of(false, t0) == 0 && gate.ahead_of(false, t0 + Duration::from_secs(1)) > 10);
         tasks.push(tokio::spawn(async move {
-            gate2.acquire(&budgets2, false, t0, 1).await.unwrap();
+            gate2.acquire(&budgets2, false, false, t0, 1).await.unwrap();
             order2.lock().unwrap().push(("old".to_string(), Instant::now() - t0));
         }));
         for task in tasks {
@@ -224,12 +227,12 @@ mod tests {
         tokio::spawn(Arc::clone(&gate).run(Arc::clone(&budgets_under_test), false, stop.clone()));
         let t0 = Instant::now();
         let b = &budgets_under_test;
-        gate.acquire(b, false, t0, 1).await.unwrap();
+        gate.acquire(b, false, false, t0, 1).await.unwrap();
         // Five messages at 10/s after one: they leave together at the fifth slot, 500 ms on.
-        gate.acquire(b, false, t0, 5).await.unwrap();
+        gate.acquire(b, false, false, t0, 5).await.unwrap();
         assert_eq!(Instant::now() - t0, Duration::from_millis(500));
         // The next single waits behind all five.
-        gate.acquire(b, false, t0, 1).await.unwrap();
+        gate.acquire(b, false, false, t0, 1).await.unwrap();
         assert_eq!(Instant::now() - t0, Duration::from_millis(600));
         stop.cancel();
     }
@@ -244,8 +247,11 @@ mod tests {
         let t0 = Instant::now();
         // Three waiters queued at once (the gate's task serves them in order, one a second)…
         let b = &budgets_under_test;
-        let (first, gives_up, last) =
-            (gate.acquire(b, false, t0, 1), gate.acquire(b, false, t0, 1), gate.acquire(b, false, t0, 1));
+        let (first, gives_up, last) = (
+            gate.acquire(b, false, false, t0, 1),
+            gate.acquire(b, false, false, t0, 1),
+            gate.acquire(b, false, false, t0, 1),
+        );
         tokio::pin!(first, gives_up, last);
         // …the first is served now (fast path); the second gives up before its slot.
         (&mut first).await.unwrap();
@@ -254,5 +260,38 @@ mod tests {
         let waited = Instant::now() - t0;
         assert!(waited <= Duration::from_millis(2100), "{waited:?}");
         stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn single_requests_are_served_before_bulk_traffic_received_earlier() {
+        let budgets_under_test =
+            budgets(Limits { global_per_sec: 10.0, safety_margin: 0.0, ..Limits::default() });
+        let gate = Gate::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&gate).run(Arc::clone(&budgets_under_test), false, stop.clone()));
+        let t0 = Instant::now();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for n in 0..10 {
+            let (gate, order, b) = (Arc::clone(&gate), Arc::clone(&order), Arc::clone(&budgets_under_test));
+            tasks.push(tokio::spawn(async move {
+                gate.acquire(&b, false, true, t0, 1).await.unwrap();
+                order.lock().unwrap().push(format!("bulk{n}"));
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(gate.ahead_of(false, t0 + Duration::from_secs(1)), 0, "no single request ahead");
+        let (gate2, order2, b2) = (Arc::clone(&gate), Arc::clone(&order), Arc::clone(&budgets_under_test));
+        tasks.push(tokio::spawn(async move {
+            gate2.acquire(&b2, false, false, t0 + Duration::from_secs(1), 1).await.unwrap();
+            order2.lock().unwrap().push("single".to_string());
+        }));
+        for task in tasks {
+            task.await.unwrap();
+        }
+        stop.cancel();
+        let order = order.lock().unwrap().clone();
+        let position = order.iter().position(|name| name == "single").unwrap();
+        assert!(position <= 4, "the single request waited behind the bulk: {order:?}");
     }
 }

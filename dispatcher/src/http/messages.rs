@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use shared::wire::{WireError, WireErrorCode};
 
 use super::{read_body, ApiError, AppState};
-use crate::records::service::{Records, Removal};
+use crate::records::service::{Records, RecordsError, Removal};
 use crate::records::{Cursor, ListFilter, Listing, Status, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
 /// Largest `PATCH` body.
@@ -24,11 +24,20 @@ fn records(state: &AppState) -> Result<&Records, ApiError> {
     state.records.as_ref().ok_or(ApiError::RecordsOff)
 }
 
+/// A record; a campaign's message not sent yet is shown from its campaign.
 pub(super) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = records(&state)?.get(&id).await?;
+    let record = match records(&state)?.get(&id).await {
+        Err(RecordsError::UnknownId(unknown)) => match &state.campaigns {
+            Some(campaigns) => {
+                campaigns.message_record(&id).await?.ok_or(RecordsError::UnknownId(unknown))?
+            }
+            None => return Err(RecordsError::UnknownId(unknown).into()),
+        },
+        found => found?,
+    };
     Ok(Json(record.to_json()).into_response())
 }
 

@@ -6,6 +6,9 @@
 
 mod auth;
 mod batch;
+mod campaigns;
+
+pub use campaigns::report_line;
 pub mod error;
 mod messages;
 mod send;
@@ -43,6 +46,10 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     /// The delivery records, when `DATABASE_URL` is set.
     pub records: Option<crate::records::service::Records>,
+    /// Campaigns, when both `DATABASE_URL` and `REDIS_URL` are set.
+    pub campaigns: Option<crate::campaigns::service::Campaigns>,
+    /// What workers check in Redis, when `REDIS_URL` is set.
+    pub control: Option<crate::control::Control>,
 }
 
 impl AppState {
@@ -59,12 +66,26 @@ impl AppState {
             max_upload_bytes,
             ready: Arc::new(AtomicBool::new(true)),
             records: None,
+            campaigns: None,
+            control: None,
         }
     }
 
     /// Serves the records API from `records`.
     pub fn with_records(mut self, records: crate::records::service::Records) -> Self {
         self.records = Some(records);
+        self
+    }
+
+    /// Serves the campaigns API from `campaigns`.
+    pub fn with_campaigns(mut self, campaigns: crate::campaigns::service::Campaigns) -> Self {
+        self.campaigns = Some(campaigns);
+        self
+    }
+
+    /// Serves the suppressions API from `control`.
+    pub fn with_control(mut self, control: crate::control::Control) -> Self {
+        self.control = Some(control);
         self
     }
 
@@ -91,6 +112,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages", post(send::send_one).get(messages::list))
         .route("/v1/messages/batch", post(batch::send_batch))
         .route("/v1/messages/{id}", get(messages::show).delete(messages::remove).patch(messages::edit))
+        .route("/v1/campaigns", post(campaigns::create).get(campaigns::list))
+        .route("/v1/campaigns/{id}", get(campaigns::show))
+        .route("/v1/campaigns/{id}/report", get(campaigns::report))
+        .route("/v1/campaigns/{id}/{action}", post(campaigns::act))
+        .route("/v1/suppressions", get(campaigns::list_suppressions))
+        .route("/v1/suppressions/{bot}/{chat_id}", axum::routing::delete(campaigns::lift_suppression))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -125,6 +152,9 @@ fn route_label(path: &str) -> &'static str {
         "/v1/messages" => "messages",
         "/v1/messages/batch" => "batch",
         _ if path.starts_with("/v1/messages/") => "message",
+        "/v1/campaigns" => "campaigns",
+        _ if path.starts_with("/v1/campaigns/") => "campaign",
+        _ if path.starts_with("/v1/suppressions") => "suppressions",
         "/healthz" | "/readyz" | "/metrics" => "probe",
         _ => "other",
     }

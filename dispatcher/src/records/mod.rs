@@ -103,6 +103,8 @@ pub enum Change {
         message_ids: Vec<i64>,
         error: Option<Value>,
         metadata: Option<Value>,
+        /// The campaign it is a message of.
+        campaign: Option<String>,
         at: SystemTime,
     },
     /// A delivery event of a follow-up: number `n` of record `parent`.

@@ -6,17 +6,12 @@
 
 use std::sync::Arc;
 
-use deadpool_redis::redis;
 use serde_json::{json, Map, Value};
 use shared::amqp::{PublishError, Publisher};
-use shared::config::RedisSettings;
-use shared::redis_keys::{claims, request_claim};
 use shared::wire::{SendRequest, WireError};
 
 use super::{Change, ListFilter, Record, Status, Store, StoreError, FOLLOW_UP_N, FOLLOW_UP_OF};
-
-/// How long one Redis call may take.
-const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::control::{Cancelled, Control, ControlError};
 
 /// Why an action on a record was refused; the caller maps each to its answer.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +26,8 @@ pub enum RecordsError {
     Store(#[from] StoreError),
     #[error("cancelling needs REDIS_URL, shared with the workers (they check cancellations in Redis)")]
     CancelUnavailable,
-    #[error("Redis did not answer: {0}")]
-    Redis(String),
+    #[error(transparent)]
+    Redis(#[from] ControlError),
     #[error(transparent)]
     Publish(#[from] PublishError),
 }
@@ -65,29 +60,12 @@ impl FollowUp {
 pub struct Records {
     pub store: Store,
     publisher: Arc<Publisher>,
-    redis: Option<(deadpool_redis::Pool, String)>,
+    control: Option<Control>,
 }
 
 impl Records {
-    pub fn new(
-        store: Store,
-        publisher: Arc<Publisher>,
-        redis: Option<&RedisSettings>,
-    ) -> anyhow::Result<Self> {
-        let redis = match redis {
-            None => None,
-            Some(settings) => {
-                let pool = deadpool_redis::Config::from_url(settings.url.expose())
-                    .builder()
-                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
-                    .max_size(4)
-                    .runtime(deadpool_redis::Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-                Some((pool, settings.key_prefix.clone()))
-            }
-        };
-        Ok(Self { store, publisher, redis })
+    pub fn new(store: Store, publisher: Arc<Publisher>, control: Option<Control>) -> Self {
+        Self { store, publisher, control }
     }
 
     pub async fn get(&self, id: &str) -> Result<Record, RecordsError> {
@@ -115,25 +93,13 @@ impl Records {
     }
 
     async fn cancel(&self, record: &Record) -> Result<Removal, RecordsError> {
-        let Some((pool, namespace)) = &self.redis else { return Err(RecordsError::CancelUnavailable) };
-        let key = request_claim(namespace, &record.id);
-        let call = async {
-            let mut connection = pool.get().await.map_err(|e| e.to_string())?;
-            let script = redis::Script::new(claims::CANCEL);
-            let mut invocation = script.prepare_invoke();
-            invocation.key(key).arg(claims::CANCELLED_TTL_SECS);
-            invocation.invoke_async::<String>(&mut connection).await.map_err(|e| e.to_string())
-        };
-        let answer = tokio::time::timeout(REDIS_TIMEOUT, call)
-            .await
-            .map_err(|_| RecordsError::Redis("no answer in time".into()))?
-            .map_err(RecordsError::Redis)?;
-        match answer.as_str() {
-            claims::CANCELLED => {
+        let Some(control) = &self.control else { return Err(RecordsError::CancelUnavailable) };
+        match control.cancel_request(&record.id).await? {
+            Cancelled::Yes => {
                 self.store.cancelled(&record.id).await?;
                 Ok(Removal::Cancelled)
             }
-            _ => Err(RecordsError::Conflict {
+            Cancelled::TooLate => Err(RecordsError::Conflict {
                 code: "delivering",
                 message: "a worker is sending the message, or just did: try again in a moment to delete it"
                     .into(),
@@ -161,7 +127,7 @@ impl Records {
     }
 
     /// Notes a follow-up in the record, then publishes it; a publish that fails is noted as failed.
-    async fn follow_up(
+    pub async fn follow_up(
         &self,
         record: &Record,
         method: &'static str,

@@ -101,7 +101,8 @@ impl Store {
         Ok(())
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    /// A pooled connection, for the queries of other modules (campaigns).
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
     }
 
@@ -140,6 +141,7 @@ impl Store {
                         message_ids,
                         error,
                         metadata,
+                        campaign,
                         at,
                     } => {
                         transaction
@@ -157,6 +159,7 @@ impl Store {
                                     error,
                                     metadata,
                                     at,
+                                    campaign,
                                 ],
                             )
                             .await
@@ -277,8 +280,8 @@ const ACCEPTED: &str = "INSERT INTO records (id, bot, method, chat_id, status, s
 
 /// A delivery event: the status moves on only to one of at least its rank.
 const OUTCOME: &str = "INSERT INTO records (id, bot, method, chat_id, status, status_rank, attempts, \
-       telegram_message_ids, error, metadata, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+       telegram_message_ids, error, metadata, created_at, updated_at, campaign_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) \
      ON CONFLICT (id) DO UPDATE SET \
        status = CASE WHEN EXCLUDED.status_rank >= records.status_rank THEN EXCLUDED.status ELSE records.status END, \
        error = CASE WHEN EXCLUDED.status_rank >= records.status_rank THEN EXCLUDED.error ELSE records.error END, \

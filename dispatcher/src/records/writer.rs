@@ -239,6 +239,7 @@ pub fn event_change(body: &[u8]) -> Option<Change> {
         message_ids,
         error,
         metadata,
+        campaign: text("campaign").map(str::to_string),
         at,
     })
 }

@@ -21,6 +21,7 @@ pub(super) struct Members {
     pub send_at: Option<Value>,
     pub priority: Option<Value>,
     pub force: Option<Value>,
+    pub campaign: Option<Value>,
     /// The first key, in sorted order, that the format does not know (the one a map would list
     /// first, so both ways name the same one).
     pub unknown: Option<String>,
@@ -46,6 +47,7 @@ impl Members {
             "send_at" => &mut self.send_at,
             "priority" => &mut self.priority,
             "force" => &mut self.force,
+            "campaign" => &mut self.campaign,
             _ => {
                 if self.unknown.as_deref().is_none_or(|first| key.as_ref() < first) {
                     self.unknown = Some(key.into_owned());

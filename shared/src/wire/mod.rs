@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 
 use document::{Document, Members};
 pub use methods::{Method, Pacing};
-pub use params::{Warning, ATTACH, MAX_CALLBACK_DATA_BYTES, MAX_REPLY_MARKUP_BYTES};
+pub use params::{parse_chat_id, Warning, ATTACH, MAX_CALLBACK_DATA_BYTES, MAX_REPLY_MARKUP_BYTES};
 pub use upload::FilePart;
 
 /// The only version of the format; a request may say `"version": 1` or omit it.
@@ -45,7 +45,7 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Top-level fields of a request.
 pub const TOP_LEVEL_FIELDS: &[&str] =
-    &["version", "id", "bot", "method", "params", "metadata", "send_at", "priority", "force"];
+    &["version", "id", "bot", "method", "params", "metadata", "send_at", "priority", "force", "campaign"];
 /// How far ahead `send_at` may be.
 pub const MAX_SCHEDULE_AHEAD: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
 
@@ -175,6 +175,10 @@ pub struct SendRequest {
     /// Send even to a chat suppressed because an earlier send found it gone.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     force: bool,
+    /// The campaign this request is one recipient's message of (set by the campaign fan-out):
+    /// pausing or cancelling the campaign holds or drops it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    campaign: Option<String>,
 }
 
 fn is_normal(priority: &Priority) -> bool {
@@ -303,6 +307,14 @@ impl SendRequest {
             Some(Value::Bool(force)) => force,
             Some(_) => return Err(WireError::wrong_type("force", "true or false")),
         };
+        let campaign = match present(members.campaign) {
+            None => None,
+            Some(Value::String(campaign)) => {
+                validate_id(&campaign).map_err(|e| WireError { field: Some("campaign".into()), ..e })?;
+                Some(campaign)
+            }
+            Some(_) => return Err(WireError::wrong_type("campaign", "a string")),
+        };
         Ok(Self {
             id,
             bot,
@@ -316,6 +328,7 @@ impl SendRequest {
             send_at,
             priority,
             force,
+            campaign,
         })
     }
 
@@ -377,6 +390,11 @@ impl SendRequest {
     /// Whether to send even to a suppressed chat.
     pub fn force(&self) -> bool {
         self.force
+    }
+
+    /// The campaign the request belongs to, if any.
+    pub fn campaign(&self) -> Option<&str> {
+        self.campaign.as_deref()
     }
 
     /// Sets the request's priority (a campaign's requests are `bulk`).

@@ -79,7 +79,7 @@ pub(crate) fn check(
 }
 
 /// A chat: an integer id (not 0) or a public `@username`.
-pub(crate) fn parse_chat_id(field: &str, value: &Value) -> Result<ChatId, WireError> {
+pub fn parse_chat_id(field: &str, value: &Value) -> Result<ChatId, WireError> {
     match value {
         Value::Number(n) => match n.as_i64() {
             Some(0) => Err(WireError::bad_value(field, "must not be 0")),

@@ -133,6 +133,11 @@ fn schema() -> Value {
                 "type": "boolean",
                 "default": false,
                 "description": "Send even to a chat suppressed because an earlier send found it gone (blocked, deactivated, not found)."
+            },
+            "campaign": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+                "description": "The campaign this request belongs to (set by the dispatcher's fan-out): pausing or cancelling the campaign holds or drops it."
             }
         },
         "allOf": branches,

@@ -465,3 +465,69 @@ pub fn metric_value(metrics: &str, series: &str) -> f64 {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A test's whole stack: its broker names, its PostgreSQL schema, and a dispatcher keeping records
+/// (and running campaigns), cancelling through the test's Redis keys. Workers are started with
+/// [`Stack::worker_config`], sharing the same Redis keys.
+pub struct Stack {
+    pub env: TestEnv,
+    /// Dropped with the test: its schema goes.
+    pub _database: tests::services::TestDatabase,
+    pub dispatcher: DispatcherHandle,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With more dispatcher variables.
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
+        let env = TestEnv::new().await;
+        let database = tests::services::TestDatabase::create(&format!("t_{}", env.prefix.replace('-', "_")))
+            .await
+            .expect("PostgreSQL runs (the test command starts it)");
+        let dispatcher =
+            spawn_dispatcher(env.dispatcher_config(&env.stack_vars(&database.url(), extra))).await;
+        Self { env, _database: database, dispatcher }
+    }
+
+    /// A worker's config sharing the stack's Redis keys, with `extra` on top.
+    pub fn worker_config(&self, extra: &[(&str, &str)]) -> WorkerConfig {
+        let redis = redis_url();
+        let mut vars = vec![("REDIS_URL", redis.as_str()), ("REDIS_KEY_PREFIX", self.env.prefix.as_str())];
+        vars.extend_from_slice(extra);
+        self.env.worker_config_with(&vars)
+    }
+
+    /// Posts a JSON request; the id of its 202.
+    pub async fn post(&self, body: serde_json::Value) -> String {
+        let (status, answer) = self.dispatcher.post_json("/v1/messages", &body, None).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["id"].as_str().expect("an id").to_string()
+    }
+}
+
+impl TestEnv {
+    /// The dispatcher variables of a full stack on `database_url`, with `extra` on top.
+    pub fn stack_vars<'a>(
+        &'a self,
+        database_url: &'a str,
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let redis: &'static str = redis_url_static();
+        let mut vars = vec![
+            ("DATABASE_URL", database_url),
+            ("REDIS_URL", redis),
+            ("REDIS_KEY_PREFIX", self.prefix.as_str()),
+        ];
+        vars.extend_from_slice(extra);
+        vars
+    }
+}
+
+/// [`redis_url`], read once.
+fn redis_url_static() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(redis_url)
+}

@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod bench;
+mod campaigns;
 mod dead_letters;
 mod delivery;
 mod deploy;

@@ -10,53 +10,9 @@ use tests::services::TestDatabase;
 
 use crate::helpers::*;
 
-/// One test's records world: its broker names, its schema, a dispatcher keeping records and a
-/// worker, both sharing Redis under the test's prefix.
-struct Records {
-    env: TestEnv,
-    /// Dropped with the test: its schema goes.
-    _database: TestDatabase,
-    dispatcher: DispatcherHandle,
-}
-
-impl Records {
-    async fn start() -> Self {
-        let env = TestEnv::new().await;
-        let database = TestDatabase::create(&schema_name(&env))
-            .await
-            .expect("PostgreSQL runs (the test command starts it)");
-        let url = database.url();
-        let dispatcher = spawn_records_dispatcher(&env, &url).await;
-        Self { env, _database: database, dispatcher }
-    }
-
-    fn worker_vars(&self, extra: &[(&str, &str)]) -> worker::WorkerConfig {
-        let redis = redis_url();
-        let mut vars = vec![("REDIS_URL", redis.as_str()), ("REDIS_KEY_PREFIX", self.env.prefix.as_str())];
-        vars.extend_from_slice(extra);
-        self.env.worker_config_with(&vars)
-    }
-
-    async fn post(&self, body: Value) -> String {
-        let (status, answer) = self.dispatcher.post_json("/v1/messages", &body, None).await;
-        assert_eq!(status, 202, "{answer}");
-        answer["id"].as_str().expect("an id").to_string()
-    }
-}
-
-fn schema_name(env: &TestEnv) -> String {
-    format!("t_{}", env.prefix.replace('-', "_"))
-}
-
 /// A dispatcher keeping records in `database_url`, cancelling through the test's Redis keys.
 async fn spawn_records_dispatcher(env: &TestEnv, database_url: &str) -> DispatcherHandle {
-    let redis = redis_url();
-    env.spawn_dispatcher(&[
-        ("DATABASE_URL", database_url),
-        ("REDIS_URL", &redis),
-        ("REDIS_KEY_PREFIX", &env.prefix),
-    ])
-    .await
+    spawn_dispatcher(env.dispatcher_config(&env.stack_vars(database_url, &[]))).await
 }
 
 fn text_to(chat: Value, text: &str) -> Value {
@@ -65,8 +21,8 @@ fn text_to(chat: Value, text: &str) -> Value {
 
 #[tokio::test]
 async fn a_record_follows_every_outcome_of_the_failure_table() {
-    let world = Records::start().await;
-    let worker = world.env.spawn_worker_with(world.worker_vars(&[("RETRY_MAX_ATTEMPTS", "2")])).await;
+    let world = Stack::start().await;
+    let worker = world.env.spawn_worker_with(world.worker_config(&[("RETRY_MAX_ATTEMPTS", "2")])).await;
     let sandbox = &world.env.sandbox;
     let dispatcher = &world.dispatcher;
 
@@ -182,9 +138,9 @@ async fn without_a_database_the_records_api_says_what_to_set_and_sends_still_wor
 
 #[tokio::test]
 async fn a_scheduled_send_leaves_on_time_and_a_cancelled_one_never_does_even_across_a_worker_restart() {
-    let world = Records::start().await;
+    let world = Stack::start().await;
     // A short hold, so that a send a few seconds ahead is parked in the delay queues, not held.
-    let config = world.worker_vars(&[("RATE_MAX_HOLD_SECS", "1")]);
+    let config = world.worker_config(&[("RATE_MAX_HOLD_SECS", "1")]);
     let worker = world.env.spawn_worker_with(config.clone()).await;
     let mut events = world.env.tap_events().await;
 
@@ -240,8 +196,8 @@ fn millis(time: SystemTime) -> u64 {
 
 #[tokio::test]
 async fn edit_and_delete_by_id_reach_the_sandbox_with_the_right_message_id() {
-    let world = Records::start().await;
-    let worker = world.env.spawn_worker_with(world.worker_vars(&[])).await;
+    let world = Stack::start().await;
+    let worker = world.env.spawn_worker_with(world.worker_config(&[])).await;
     let dispatcher = &world.dispatcher;
 
     let id = world.post(text_to(json!(301), "teh typo")).await;
@@ -295,7 +251,8 @@ async fn edit_and_delete_by_id_reach_the_sandbox_with_the_right_message_id() {
 #[tokio::test]
 async fn postgresql_cut_mid_run_refuses_nothing_and_the_records_catch_up_with_nothing_missing() {
     let env = TestEnv::new().await;
-    let database = TestDatabase::create(&schema_name(&env)).await.expect("PostgreSQL runs");
+    let database =
+        TestDatabase::create(&format!("t_{}", env.prefix.replace('-', "_"))).await.expect("PostgreSQL runs");
     let postgres: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = FaultProxy::start(postgres).await.expect("proxy");
     let proxied = database.url().replace("127.0.0.1:5432", &proxy.addr().to_string());
