@@ -5,11 +5,13 @@
 //! spaced out; with the gate, a busy chat keeps draining at its own rate while other chats share
 //! the rest. One small task per budget hands out the slots; the timing is [`Pacer::reserve_global`].
 //! A waiter that sends several messages (an album) gets as many consecutive slots, at the last.
+//! When many wait, a few milliseconds' worth of slots is reserved in one go (one Redis round trip
+//! for several sends), and handed out one by one as their times come.
 //!
 //! [`Pacer::reserve_global`]: crate::pacing::Pacer::reserve_global
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +23,11 @@ use crate::budgets::Budgets;
 
 /// Resolution of tokio's timer.
 const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+/// The most of a budget reserved at once for waiters already queued: a single request arriving at
+/// another worker waits at most this long behind them.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// A reserved slot this far in the past was nobody's; it is dropped rather than granted late.
+const STALE_SLOT: Duration = Duration::from_millis(50);
 
 struct Waiter {
     /// Bulk traffic (campaigns, `"priority": "bulk"`) is served after every single request.
@@ -117,13 +124,13 @@ impl Gate {
     }
 
     async fn serve(&self, budgets: &Budgets, paid: bool, stop: &CancellationToken) {
-        // Slots reserved and not yet granted: a waiter that left hands its slots to the next.
-        let mut reserved = 0;
-        let mut ready_at = Instant::now();
+        // Slots reserved and not yet granted, earliest first: a waiter that left hands its slots
+        // to the next.
+        let mut slots: VecDeque<Instant> = VecDeque::new();
         loop {
             // Wait for someone to serve.
             let head_cost = loop {
-                let head = self.lock().waiters.peek().map(|Reverse(w)| w.cost);
+                let head = self.lock().waiters.peek().map(|Reverse(w)| w.cost as usize);
                 if let Some(cost) = head {
                     break cost;
                 }
@@ -132,13 +139,22 @@ impl Gate {
                     _ = stop.cancelled() => return,
                 }
             };
-            if head_cost > reserved {
-                ready_at = budgets.reserve_global(paid, Instant::now(), head_cost - reserved).await;
-                reserved = head_cost;
+            // Slots whose time has long passed were nobody's: they are not granted late.
+            let stale = Instant::now().checked_sub(STALE_SLOT);
+            while slots.front().is_some_and(|slot| stale.is_some_and(|stale| *slot < stale)) {
+                slots.pop_front();
             }
-            // The timer has millisecond resolution: a sleep for less would cost a whole tick per
-            // grant and cap a fast budget near 1000/s. Granting up to a tick early is harmless —
-            // the departure window still holds every one-second count.
+            if head_cost > slots.len() {
+                let interval = budgets.limits().global_interval(paid);
+                let want = self.batch(head_cost, interval).saturating_sub(slots.len()).max(head_cost - slots.len());
+                let last = budgets.reserve_global(paid, Instant::now(), want as u32).await;
+                slots.extend((0..want).rev().map(|before| last.checked_sub(interval * before as u32).unwrap_or(last)));
+            }
+            // The head leaves at the last of its slots. The timer has millisecond resolution: a
+            // sleep for less would cost a whole tick per grant and cap a fast budget near 1000/s.
+            // Granting up to a tick early is harmless — the departure window still holds every
+            // one-second count.
+            let ready_at = slots[head_cost - 1];
             if ready_at > Instant::now() + TIMER_RESOLUTION {
                 tokio::select! {
                     _ = tokio::time::sleep_until(ready_at) => {}
@@ -150,15 +166,24 @@ impl Gate {
             // waiters that left.
             let mut queue = self.lock();
             match queue.waiters.peek() {
-                Some(Reverse(head)) if head.cost <= reserved => {}
+                Some(Reverse(head)) if head.cost as usize <= slots.len() => {}
                 _ => continue,
             }
             if let Some(Reverse(waiter)) = queue.waiters.pop() {
                 if waiter.grant.send(()).is_ok() {
-                    reserved = 0;
+                    slots.drain(..waiter.cost as usize);
                 }
             }
         }
+    }
+
+    /// How many slots to reserve at once for the waiters queued now: their total cost, up to
+    /// [`BATCH_WINDOW`] of the budget (one Redis round trip then serves several sends at a high
+    /// rate, and at Telegram's 30/s it is one slot at a time, as ever).
+    fn batch(&self, head_cost: usize, interval: Duration) -> usize {
+        let cap = (BATCH_WINDOW.as_secs_f64() / interval.as_secs_f64().max(1e-9)).floor() as usize;
+        let queued: usize = self.lock().waiters.iter().map(|Reverse(w)| w.cost as usize).sum();
+        queued.min(cap.max(1)).max(head_cost)
     }
 }
 
