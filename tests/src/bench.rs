@@ -19,7 +19,7 @@ use worker::{Worker, WorkerConfig};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxLimits};
 
 /// Token the benchmarks' worker uses against the sandbox.
-const TOKEN: &str = "777000:BENCH-sandbox-token";
+pub(crate) const TOKEN: &str = "777000:BENCH-sandbox-token";
 
 /// Unconfirmed publishes in flight in the raw publish ceiling (1a) and the prefill. It is also the
 /// default number of ingress clients (2): each client has one request, so one publish, in flight,
@@ -128,14 +128,14 @@ fn ensure_routed(confirmation: Confirmation) -> anyhow::Result<()> {
     }
 }
 
-fn message(chat_id: i64, text: &str) -> Vec<u8> {
+pub(crate) fn message(chat_id: i64, text: &str) -> Vec<u8> {
     serde_json::json!({"method": "sendMessage", "params": {"chat_id": chat_id, "text": text}})
         .to_string()
         .into_bytes()
 }
 
 /// Waits until `done` holds, checking every 20 ms, for at most `limit`.
-async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + limit;
     while Instant::now() < until {
         if done() {
@@ -384,7 +384,7 @@ fn rate_between(n: usize, span: Duration) -> f64 {
     rate(n.saturating_sub(1), span)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -392,7 +392,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn body_of_size(chat_id: i64, size: usize) -> Vec<u8> {
+pub(crate) fn body_of_size(chat_id: i64, size: usize) -> Vec<u8> {
     message(chat_id, &"x".repeat(size.max(1)))
 }
 
@@ -603,7 +603,7 @@ async fn dispatcher_ingress(scratch: &Scratch, options: &PerfOptions) -> anyhow:
 }
 
 /// The bytes of one `POST /v1/messages` carrying `body`, keep-alive (HTTP/1.1's default).
-fn post_request(addr: std::net::SocketAddr, body: &[u8]) -> Vec<u8> {
+pub(crate) fn post_request(addr: std::net::SocketAddr, body: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n",
@@ -622,7 +622,7 @@ fn post_request(addr: std::net::SocketAddr, body: &[u8]) -> Vec<u8> {
 /// taken from the dispatcher and the broker it measures, and an HTTP client library costs about as
 /// much CPU per request as the dispatcher itself; this writes request bytes made before the clock
 /// and reads the answer with `httparse`.
-async fn post_until_done(
+pub(crate) async fn post_until_done(
     mut stream: tokio::net::TcpStream,
     requests: Arc<Vec<Vec<u8>>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
@@ -683,7 +683,7 @@ async fn read_response(stream: &mut tokio::net::TcpStream, received: &mut Vec<u8
 
 /// Starts a process under measurement with no terminal I/O (its logs would cost CPU the
 /// measurement needs), killed if the benchmark drops it.
-fn spawn_quiet(command: &mut tokio::process::Command) -> anyhow::Result<tokio::process::Child> {
+pub(crate) fn spawn_quiet(command: &mut tokio::process::Command) -> anyhow::Result<tokio::process::Child> {
     let binary = command.as_std().get_program().to_owned();
     command
         .stdin(std::process::Stdio::null())
@@ -695,7 +695,7 @@ fn spawn_quiet(command: &mut tokio::process::Command) -> anyhow::Result<tokio::p
 }
 
 /// SIGTERM, then up to 30 s for the graceful stop.
-async fn terminate(child: &mut tokio::process::Child) {
+pub(crate) async fn terminate(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     }
@@ -704,18 +704,27 @@ async fn terminate(child: &mut tokio::process::Child) {
 
 /// The dispatcher under measurement: a `tg-dispatcher serve` process of its own, as deployed (the
 /// load generator does not share its runtime).
-struct RunningDispatcher {
-    addr: std::net::SocketAddr,
-    child: tokio::process::Child,
+pub(crate) struct RunningDispatcher {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) child: tokio::process::Child,
 }
 
 impl RunningDispatcher {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         terminate(&mut self.child).await;
     }
 }
 
 async fn start_dispatcher(scratch: &Scratch, binary: &std::path::Path) -> anyhow::Result<RunningDispatcher> {
+    start_dispatcher_with(scratch, binary, &[]).await
+}
+
+/// As [`start_dispatcher`], with more variables (records, Redis).
+pub(crate) async fn start_dispatcher_with(
+    scratch: &Scratch,
+    binary: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<RunningDispatcher> {
     // A free port: bound, read and released just before the dispatcher binds it.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut command = tokio::process::Command::new(binary);
@@ -725,7 +734,8 @@ async fn start_dispatcher(scratch: &Scratch, binary: &std::path::Path) -> anyhow
         .env("AMQP_URL", &scratch.amqp_url)
         .env("QUEUE_PREFIX", scratch.topology.prefix())
         .env("DISPATCHER_LISTEN", addr.to_string())
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied());
     let mut child = spawn_quiet(&mut command)?;
     // Ready once it answers its readiness probe (it connects to the broker first). Whether it is
     // still running is checked first: had something else taken the port, it exits at once and the
@@ -751,7 +761,7 @@ async fn start_dispatcher(scratch: &Scratch, binary: &std::path::Path) -> anyhow
 }
 
 /// CPU time process `pid` has used so far (user + system), from /proc.
-fn cpu_time_of(pid: u32) -> Option<Duration> {
+pub(crate) fn cpu_time_of(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_stack;
 pub mod faultproxy;
 pub mod sandbox;
 pub mod services;

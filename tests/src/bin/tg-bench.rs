@@ -85,6 +85,41 @@ enum Scenario {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
         rounds: u16,
     },
+    /// Delivery records: ingress with records off and on, records against deliveries, the lag from
+    /// a delivery to its record, and scheduled sends' lateness.
+    Records {
+        #[arg(long, default_value_t = 20_000)]
+        n: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long)]
+        worker: Option<std::path::PathBuf>,
+        #[arg(long)]
+        dispatcher: Option<std::path::PathBuf>,
+    },
+    /// Retention on a large records table: each small delete's time, and a write's latency meanwhile.
+    Retention {
+        #[arg(long, default_value_t = 3_000_000)]
+        rows: u64,
+    },
+    /// A campaign across several workers sharing Redis: budget use, a single request's latency
+    /// beside it, memory, accept time and cancel latency.
+    Campaign {
+        #[arg(long, default_value_t = 100_000)]
+        recipients: usize,
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// The sandbox's (and the workers') global limit per second.
+        #[arg(long, default_value_t = 3000)]
+        global_per_sec: u32,
+        /// Cancel the campaign after this many seconds if it is not done.
+        #[arg(long, default_value_t = 60)]
+        run_secs: u64,
+        #[arg(long)]
+        worker: Option<std::path::PathBuf>,
+        #[arg(long)]
+        dispatcher: Option<std::path::PathBuf>,
+    },
     /// The reference consumer `perf` starts as a process (internal).
     #[command(hide = true)]
     BareLoop,
@@ -146,6 +181,21 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             )
             .await
         }
+        Scenario::Records { n, clients, worker, dispatcher } => {
+            let options = tests::bench_stack::RecordsOptions { n, clients, binaries: binaries(worker, dispatcher)? };
+            tests::bench_stack::records(&cli.amqp_url, &options).await
+        }
+        Scenario::Retention { rows } => tests::bench_stack::retention(rows).await,
+        Scenario::Campaign { recipients, workers, global_per_sec, run_secs, worker, dispatcher } => {
+            let options = tests::bench_stack::CampaignOptions {
+                recipients,
+                workers,
+                global_per_sec,
+                run_secs,
+                binaries: binaries(worker, dispatcher)?,
+            };
+            tests::bench_stack::campaign(&cli.amqp_url, &options).await
+        }
         Scenario::BareLoop => tests::bench::bare_loop(&cli.amqp_url).await.map(|()| String::new()),
         Scenario::HeadOfLine { busy, others } => {
             tests::bench::head_of_line(&cli.amqp_url, busy, others).await
@@ -174,4 +224,16 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             tests::bench::perf(&cli.amqp_url, &options).await
         }
     }
+}
+
+/// The binaries to measure: the given ones, or those next to this one.
+fn binaries(
+    worker: Option<std::path::PathBuf>,
+    dispatcher: Option<std::path::PathBuf>,
+) -> anyhow::Result<tests::bench_stack::Binaries> {
+    let here = std::env::current_exe()?;
+    Ok(tests::bench_stack::Binaries {
+        worker: worker.unwrap_or_else(|| here.with_file_name("tg-worker")),
+        dispatcher: dispatcher.unwrap_or_else(|| here.with_file_name("tg-dispatcher")),
+    })
 }
