@@ -8,6 +8,7 @@
 
 mod bench;
 mod campaigns;
+mod compose;
 mod dead_letters;
 mod delivery;
 mod deploy;
