@@ -14,8 +14,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::bench::{
-    percentile, post_request, post_until_done, spawn_quiet, start_dispatcher_with, terminate, wait_until, Scratch,
-    TOKEN,
+    percentile, post_request, post_until_done, spawn_quiet, start_dispatcher_with, terminate, wait_until,
+    Scratch, TOKEN,
 };
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxLimits};
 use crate::services::{delete_redis_keys, TestDatabase, DEFAULT_REDIS_URL};
@@ -42,7 +42,8 @@ impl Names {
     async fn new(amqp_url: &str) -> anyhow::Result<Self> {
         let scratch = Scratch::new(amqp_url).await?;
         let schema = scratch.topology.prefix().replace('-', "_");
-        let database = TestDatabase::create(&schema).await.context("PostgreSQL must run (deploy/ensure-postgres.sh)")?;
+        let database =
+            TestDatabase::create(&schema).await.context("PostgreSQL must run (deploy/ensure-postgres.sh)")?;
         Ok(Self { scratch, database, redis: redis_url() })
     }
 
@@ -164,7 +165,11 @@ async fn records_with(names: &Names, options: &RecordsOptions) -> anyhow::Result
             .collect()
     };
     let mut out = String::new();
-    writeln!(out, "records: {n} requests, {} clients; one worker (limits off, instant sandbox) delivers them", options.clients)?;
+    writeln!(
+        out,
+        "records: {n} requests, {} clients; one worker (limits off, instant sandbox) delivers them",
+        options.clients
+    )?;
 
     // (1) Ingress, records off, then on.
     let off = start_dispatcher_with(&names.scratch, &options.binaries.dispatcher, &[]).await?;
@@ -181,12 +186,21 @@ async fn records_with(names: &Names, options: &RecordsOptions) -> anyhow::Result
         if count as usize >= n {
             break;
         }
-        anyhow::ensure!(ingress_done.elapsed() < Duration::from_secs(120), "only {count} records after 120 s");
+        anyhow::ensure!(
+            ingress_done.elapsed() < Duration::from_secs(120),
+            "only {count} records after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let catch_up = ingress_done.elapsed();
     writeln!(out, "  {:<44} {:>10.0}", "ingress, records off (req/s)", rate_off)?;
-    writeln!(out, "  {:<44} {:>10.0} ({:+.1} %)", "ingress, records on (req/s)", rate_on, (rate_on / rate_off - 1.0) * 100.0)?;
+    writeln!(
+        out,
+        "  {:<44} {:>10.0} ({:+.1} %)",
+        "ingress, records on (req/s)",
+        rate_on,
+        (rate_on / rate_off - 1.0) * 100.0
+    )?;
     writeln!(out, "  {:<44} {:>10.0}", "last record after the last 202 (ms)", ms(catch_up))?;
 
     // A request found by id after its 202, at a light load (50/s).
@@ -219,17 +233,21 @@ async fn records_with(names: &Names, options: &RecordsOptions) -> anyhow::Result
     // (2) Delivery against the records.
     let sandbox = Sandbox::start(SandboxConfig::default()).await?;
     let sample: Vec<String> = (0..n).step_by((n / 500).max(1)).map(|i| format!("on-{i}")).collect();
-    let limits_off = [("RATE_GLOBAL_PER_SEC", "1000000"), ("RATE_CHAT_PER_SEC", "1000000"), ("WORKER_PREFETCH", "256")];
+    let limits_off =
+        [("RATE_GLOBAL_PER_SEC", "1000000"), ("RATE_CHAT_PER_SEC", "1000000"), ("WORKER_PREFETCH", "256")];
     let mut worker = start_worker(&options.binaries.worker, names, &sandbox, "bench-records", &limits_off)?;
     let mut first_seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     let records_done_at = loop {
-        let rows = client.query("SELECT id FROM records WHERE status = 'delivered' AND id = ANY($1)", &[&sample]).await?;
+        let rows = client
+            .query("SELECT id FROM records WHERE status = 'delivered' AND id = ANY($1)", &[&sample])
+            .await?;
         let now = unix_micros(SystemTime::now());
         for row in rows {
             first_seen.entry(row.get(0)).or_insert(now);
         }
-        let count: i64 = client.query_one("SELECT count(*) FROM records WHERE status = 'delivered'", &[]).await?.get(0);
+        let count: i64 =
+            client.query_one("SELECT count(*) FROM records WHERE status = 'delivered'", &[]).await?.get(0);
         if count as usize >= n + light {
             break SystemTime::now();
         }
@@ -239,7 +257,8 @@ async fn records_with(names: &Names, options: &RecordsOptions) -> anyhow::Result
     let stats = sandbox.stats();
     let first_delivery = stats.first_accept_ms.unwrap_or(0) * 1000;
     let delivery_rate = (n + light) as f64 / sandbox.accept_span().as_secs_f64().max(1e-3);
-    let records_rate = (n + light) as f64 / ((unix_micros(records_done_at).saturating_sub(first_delivery)) as f64 / 1e6).max(1e-3);
+    let records_rate = (n + light) as f64
+        / ((unix_micros(records_done_at).saturating_sub(first_delivery)) as f64 / 1e6).max(1e-3);
     let received: std::collections::HashMap<String, u64> =
         sandbox.received().into_iter().map(|r| (r.chat_id.clone(), r.received_at_us)).collect();
     let mut lags: Vec<Duration> = first_seen
@@ -317,7 +336,8 @@ async fn records_with(names: &Names, options: &RecordsOptions) -> anyhow::Result
 /// latency meanwhile against before.
 pub async fn retention(rows: u64) -> anyhow::Result<String> {
     let schema = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let database = TestDatabase::create(&schema).await.context("PostgreSQL must run (deploy/ensure-postgres.sh)")?;
+    let database =
+        TestDatabase::create(&schema).await.context("PostgreSQL must run (deploy/ensure-postgres.sh)")?;
     let outcome = retention_with(&database, rows).await;
     let _ = database.drop_schema().await;
     outcome
@@ -382,7 +402,11 @@ async fn retention_with(database: &TestDatabase, rows: u64) -> anyhow::Result<St
     let (total, batches, deleted) = swept?;
     let during = during?;
     let mut out = String::new();
-    writeln!(out, "retention: {rows} records over 60 days, 30 kept; deletes of {} rows at a time", dispatcher::records::retention::BATCH)?;
+    writeln!(
+        out,
+        "retention: {rows} records over 60 days, 30 kept; deletes of {} rows at a time",
+        dispatcher::records::retention::BATCH
+    )?;
     writeln!(out, "  {:<44} {:>10.1}", "table filled in (s)", fill.as_secs_f64())?;
     writeln!(out, "  {:<44} {:>10}", "records deleted", deleted)?;
     writeln!(out, "  {:<44} {:>10.1}", "sweep without pauses (s)", total.as_secs_f64())?;
@@ -390,7 +414,11 @@ async fn retention_with(database: &TestDatabase, rows: u64) -> anyhow::Result<St
         out,
         "  {:<44} {:>10}",
         "one batch p50 / max (ms)",
-        format!("{:.0} / {:.0}", ms(percentile(&batches, 0.5)), ms(*batches.last().unwrap_or(&Duration::ZERO)))
+        format!(
+            "{:.0} / {:.0}",
+            ms(percentile(&batches, 0.5)),
+            ms(*batches.last().unwrap_or(&Duration::ZERO))
+        )
     )?;
     writeln!(
         out,
@@ -435,11 +463,16 @@ async fn campaign_with(names: &Names, options: &CampaignOptions) -> anyhow::Resu
     let limits = SandboxLimits { global_per_sec: global, ..SandboxLimits::telegram() };
     let sandbox = Sandbox::start(SandboxConfig { limits: Some(limits), ..Default::default() }).await?;
     let vars = names.dispatcher_vars();
-    let dispatcher = start_dispatcher_with(&names.scratch, &options.binaries.dispatcher, &as_refs(&vars)).await?;
+    let dispatcher =
+        start_dispatcher_with(&names.scratch, &options.binaries.dispatcher, &as_refs(&vars)).await?;
     let rate = global.to_string();
     let mut workers = Vec::new();
     for i in 0..options.workers {
-        let extra = [("RATE_GLOBAL_PER_SEC", rate.as_str()), ("WORKER_PREFETCH", "256"), ("REDIS_URL", names.redis.as_str())];
+        let extra = [
+            ("RATE_GLOBAL_PER_SEC", rate.as_str()),
+            ("WORKER_PREFETCH", "256"),
+            ("REDIS_URL", names.redis.as_str()),
+        ];
         workers.push(start_worker(&options.binaries.worker, names, &sandbox, &format!("bench-{i}"), &extra)?);
     }
     let http = reqwest::Client::new();
@@ -452,12 +485,23 @@ async fn campaign_with(names: &Names, options: &CampaignOptions) -> anyhow::Resu
         let _ = writeln!(csv, "{chat}");
     }
     let form = reqwest::multipart::Form::new()
-        .part("request", reqwest::multipart::Part::text(json!({"id": "bench", "method": "sendMessage", "params": {"text": "campaign benchmark"}}).to_string()))
+        .part(
+            "request",
+            reqwest::multipart::Part::text(
+                json!({"id": "bench", "method": "sendMessage", "params": {"text": "campaign benchmark"}})
+                    .to_string(),
+            ),
+        )
         .part("recipients", reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("recipients.csv"));
     let accepting = Instant::now();
     let response = http.post(format!("{base}/v1/campaigns")).multipart(form).send().await?;
     let accept_time = accepting.elapsed();
-    anyhow::ensure!(response.status() == 202, "the campaign was answered {}: {}", response.status(), response.text().await?);
+    anyhow::ensure!(
+        response.status() == 202,
+        "the campaign was answered {}: {}",
+        response.status(),
+        response.text().await?
+    );
     let started = Instant::now();
 
     // Single requests to idle chats beside it, and memory, until done or the run ends.
@@ -506,7 +550,8 @@ async fn campaign_with(names: &Names, options: &CampaignOptions) -> anyhow::Resu
         let drained = async {
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                let depth = shared::amqp::inspect_queue(channel, &bulk).await.map(|q| q.message_count()).unwrap_or(0);
+                let depth =
+                    shared::amqp::inspect_queue(channel, &bulk).await.map(|q| q.message_count()).unwrap_or(0);
                 if depth == 0 {
                     return true;
                 }
@@ -517,7 +562,13 @@ async fn campaign_with(names: &Names, options: &CampaignOptions) -> anyhow::Resu
         drained.await;
         // Anything still in a worker's hands settles within its call's time.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let last = sandbox.received().iter().filter(|r| is_campaign(&r.chat_id)).map(|r| r.received_at_us).max().unwrap_or(0);
+        let last = sandbox
+            .received()
+            .iter()
+            .filter(|r| is_campaign(&r.chat_id))
+            .map(|r| r.received_at_us)
+            .max()
+            .unwrap_or(0);
         Some((call, Duration::from_micros(last.saturating_sub(answered))))
     };
 
@@ -541,16 +592,32 @@ async fn campaign_with(names: &Names, options: &CampaignOptions) -> anyhow::Resu
         let known: Vec<f64> = values.iter().flatten().copied().collect();
         (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
     };
-    let steady_rss: Vec<(Option<f64>, Option<f64>)> = rss.iter().skip(3).map(|(d, w)| (*d, mean(w))).collect();
-    let max_of = |values: Vec<Option<f64>>| values.into_iter().flatten().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let steady_rss: Vec<(Option<f64>, Option<f64>)> =
+        rss.iter().skip(3).map(|(d, w)| (*d, mean(w))).collect();
+    let max_of = |values: Vec<Option<f64>>| {
+        values.into_iter().flatten().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    };
     let dispatcher_steady = max_of(steady_rss.iter().map(|(d, _)| *d).collect());
     let worker_steady = max_of(steady_rss.iter().map(|(_, w)| *w).collect());
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
 
     let mut out = String::new();
-    writeln!(out, "campaign: {n} recipients, {} workers sharing Redis, sandbox at {global}/s global", options.workers)?;
+    writeln!(
+        out,
+        "campaign: {n} recipients, {} workers sharing Redis, sandbox at {global}/s global",
+        options.workers
+    )?;
     writeln!(out, "  {:<48} {:>14.2}", "accepted in (s)", accept_time.as_secs_f64())?;
-    writeln!(out, "  {:<48} {:>14}", "campaign messages delivered", format!("{campaign_sent} in {:.0} s{}", ran.as_secs_f64(), if finished { "" } else { " (then cancelled)" }))?;
+    writeln!(
+        out,
+        "  {:<48} {:>14}",
+        "campaign messages delivered",
+        format!(
+            "{campaign_sent} in {:.0} s{}",
+            ran.as_secs_f64(),
+            if finished { "" } else { " (then cancelled)" }
+        )
+    )?;
     writeln!(out, "  {:<48} {:>13.1}%", "budget used (full seconds, all traffic)", used * 100.0)?;
     writeln!(out, "  {:<48} {:>14}", "429s", stats.rate_limited)?;
     writeln!(
@@ -559,10 +626,25 @@ async fn campaign_with(names: &Names, options: &CampaignOptions) -> anyhow::Resu
         format!("single request 202 → sandbox p50 / p99 (ms, n={})", latencies.len()),
         format!("{:.0} / {:.0}", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99)))
     )?;
-    writeln!(out, "  {:<48} {:>14}", "dispatcher RSS steady max / peak (MiB)", format!("{} / {}", fmt(dispatcher_steady), fmt(dispatcher_peak)))?;
-    writeln!(out, "  {:<48} {:>14}", "worker RSS steady max / peak (MiB, mean)", format!("{} / {}", fmt(worker_steady), fmt(mean(&peaks))))?;
+    writeln!(
+        out,
+        "  {:<48} {:>14}",
+        "dispatcher RSS steady max / peak (MiB)",
+        format!("{} / {}", fmt(dispatcher_steady), fmt(dispatcher_peak))
+    )?;
+    writeln!(
+        out,
+        "  {:<48} {:>14}",
+        "worker RSS steady max / peak (MiB, mean)",
+        format!("{} / {}", fmt(worker_steady), fmt(mean(&peaks)))
+    )?;
     if let Some((call, last)) = cancel {
-        writeln!(out, "  {:<48} {:>14}", "cancel: answered in / last message after (ms)", format!("{:.0} / {:.0}", ms(call), ms(last)))?;
+        writeln!(
+            out,
+            "  {:<48} {:>14}",
+            "cancel: answered in / last message after (ms)",
+            format!("{:.0} / {:.0}", ms(call), ms(last))
+        )?;
     }
     for mut worker in workers {
         terminate(&mut worker).await;

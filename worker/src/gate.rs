@@ -146,9 +146,12 @@ impl Gate {
             }
             if head_cost > slots.len() {
                 let interval = budgets.limits().global_interval(paid);
-                let want = self.batch(head_cost, interval).saturating_sub(slots.len()).max(head_cost - slots.len());
+                let want =
+                    self.batch(head_cost, interval).saturating_sub(slots.len()).max(head_cost - slots.len());
                 let last = budgets.reserve_global(paid, Instant::now(), want as u32).await;
-                slots.extend((0..want).rev().map(|before| last.checked_sub(interval * before as u32).unwrap_or(last)));
+                slots.extend(
+                    (0..want).rev().map(|before| last.checked_sub(interval * before as u32).unwrap_or(last)),
+                );
             }
             // The head leaves at the last of its slots. The timer has millisecond resolution: a
             // sleep for less would cost a whole tick per grant and cap a fast budget near 1000/s.

@@ -182,7 +182,8 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             .await
         }
         Scenario::Records { n, clients, worker, dispatcher } => {
-            let options = tests::bench_stack::RecordsOptions { n, clients, binaries: binaries(worker, dispatcher)? };
+            let options =
+                tests::bench_stack::RecordsOptions { n, clients, binaries: binaries(worker, dispatcher)? };
             tests::bench_stack::records(&cli.amqp_url, &options).await
         }
         Scenario::Retention { rows } => tests::bench_stack::retention(rows).await,
