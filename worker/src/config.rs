@@ -70,32 +70,6 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
-        let common = CommonSettings::from_env(env)?;
-        let mut bots = BTreeMap::new();
-        if let Some(token) = env.non_empty("TELEGRAM_BOT_TOKEN") {
-            validate_token(&token).map_err(|m| ConfigError::new("TELEGRAM_BOT_TOKEN", m))?;
-            bots.insert(DEFAULT_BOT.to_string(), Secret::new(token));
-        }
-        if let Some(list) = env.non_empty("TELEGRAM_BOTS") {
-            for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                let bad = |m: String| ConfigError::new("TELEGRAM_BOTS", m);
-                let (alias, token) = entry.split_once('=').ok_or_else(|| {
-                    bad("each entry must be alias=token (the token is not shown)".to_string())
-                })?;
-                let alias = alias.trim();
-                validate_bot_alias(alias).map_err(|m| bad(format!("alias {m}")))?;
-                validate_token(token.trim()).map_err(|m| bad(format!("bot {alias:?}: {m}")))?;
-                if bots.insert(alias.to_string(), Secret::new(token.trim().to_string())).is_some() {
-                    return Err(bad(format!("bot {alias:?} is configured twice")));
-                }
-            }
-        }
-        if bots.is_empty() {
-            return Err(ConfigError::new(
-                "TELEGRAM_BOT_TOKEN",
-                "no bot configured: set TELEGRAM_BOT_TOKEN and/or TELEGRAM_BOTS",
-            ));
-        }
         let api = env.non_empty("TELEGRAM_API_URL").unwrap_or_else(|| DEFAULT_TELEGRAM_API_URL.to_string());
         let telegram_api_url = Url::parse(&api)
             .ok()
@@ -103,81 +77,111 @@ impl WorkerConfig {
             .ok_or_else(|| {
                 ConfigError::new("TELEGRAM_API_URL", format!("{} is not an http(s) URL", redact_url(&api)))
             })?;
-        let prefetch = env.parse_or("WORKER_PREFETCH", DEFAULT_PREFETCH)?;
-        if prefetch == 0 {
-            return Err(ConfigError::new("WORKER_PREFETCH", "must be at least 1"));
-        }
-        let defaults = Limits::default();
-        let limits = Limits {
-            global_per_sec: rate(env, "RATE_GLOBAL_PER_SEC", defaults.global_per_sec)?,
-            chat_per_sec: rate(env, "RATE_CHAT_PER_SEC", defaults.chat_per_sec)?,
-            chat_burst: env.parse_or("RATE_CHAT_BURST", defaults.chat_burst)?.max(1),
-            group_per_min: rate(env, "RATE_GROUP_PER_MIN", defaults.group_per_min)?,
-            paid_per_sec: rate(env, "RATE_PAID_PER_SEC", defaults.paid_per_sec)?,
-            safety_margin: env.parse_or("RATE_SAFETY_MARGIN", defaults.safety_margin)?,
-        };
-        if !(0.0..=0.5).contains(&limits.safety_margin) {
-            return Err(ConfigError::new("RATE_SAFETY_MARGIN", "must be between 0 and 0.5"));
-        }
-        let retry_max_attempts = env.parse_or("RETRY_MAX_ATTEMPTS", DEFAULT_RETRY_MAX_ATTEMPTS)?;
-        if retry_max_attempts == 0 {
-            return Err(ConfigError::new("RETRY_MAX_ATTEMPTS", "must be at least 1"));
-        }
         let max_hold = env.secs_or("RATE_MAX_HOLD_SECS", DEFAULT_MAX_HOLD)?;
         if max_hold.is_zero() || max_hold > Duration::from_secs(600) {
             return Err(ConfigError::new("RATE_MAX_HOLD_SECS", "must be between 1 and 600"));
         }
-        let telegram_timeout = env.secs_or("TELEGRAM_TIMEOUT_SECS", DEFAULT_TELEGRAM_TIMEOUT)?;
-        if telegram_timeout.is_zero() {
-            return Err(ConfigError::new("TELEGRAM_TIMEOUT_SECS", "must be at least 1"));
-        }
-        let admin_listen = match env.non_empty("WORKER_ADMIN_LISTEN").as_deref() {
-            Some("off") => None,
-            other => {
-                let raw = other.unwrap_or(DEFAULT_ADMIN_LISTEN);
-                Some(raw.parse().map_err(|_| {
-                    ConfigError::new(
-                        "WORKER_ADMIN_LISTEN",
-                        format!("{raw:?} is not an ip:port address or off"),
-                    )
-                })?)
-            }
-        };
         let rate_share: f64 = env.parse_or("RATE_SHARE", 1.0)?;
         if !(rate_share > 0.0 && rate_share <= 1.0) {
             return Err(ConfigError::new("RATE_SHARE", "must be in (0, 1], e.g. 0.25 for four workers"));
         }
-        let max_inflight_bytes: usize =
-            env.parse_or("WORKER_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES)?;
-        if max_inflight_bytes == 0 {
-            return Err(ConfigError::new("WORKER_MAX_INFLIGHT_BYTES", "must be at least 1"));
-        }
-        let max_in_flight: usize = env.parse_or("TELEGRAM_MAX_IN_FLIGHT", 256)?;
-        if max_in_flight == 0 {
-            return Err(ConfigError::new("TELEGRAM_MAX_IN_FLIGHT", "must be at least 1"));
-        }
-        let hours = env.parse_or("IDEMPOTENCY_WINDOW_HOURS", DEFAULT_IDEMPOTENCY_WINDOW.as_secs() / 3600)?;
-        if hours == 0 {
-            return Err(ConfigError::new("IDEMPOTENCY_WINDOW_HOURS", "must be at least 1"));
-        }
+        let idempotency_hours =
+            at_least_one(env, "IDEMPOTENCY_WINDOW_HOURS", DEFAULT_IDEMPOTENCY_WINDOW.as_secs() / 3600)?;
         Ok(Self {
-            common,
-            bots,
-            max_in_flight,
-            max_inflight_bytes,
-            idempotency_window: Duration::from_secs(hours * 3600),
+            common: CommonSettings::from_env(env)?,
+            bots: bots_from_env(env)?,
+            max_in_flight: at_least_one(env, "TELEGRAM_MAX_IN_FLIGHT", 256)?,
+            max_inflight_bytes: at_least_one(env, "WORKER_MAX_INFLIGHT_BYTES", DEFAULT_MAX_INFLIGHT_BYTES)?,
+            idempotency_window: Duration::from_secs(idempotency_hours * 3600),
             rate_share,
-            admin_listen,
+            admin_listen: admin_listen_from_env(env)?,
             log_summary: env.secs_or("LOG_SUMMARY_SECS", Duration::from_secs(30))?,
             telegram_api_url,
-            prefetch,
-            limits,
-            retry_max_attempts,
+            prefetch: at_least_one(env, "WORKER_PREFETCH", DEFAULT_PREFETCH)?,
+            limits: limits_from_env(env)?,
+            retry_max_attempts: at_least_one(env, "RETRY_MAX_ATTEMPTS", DEFAULT_RETRY_MAX_ATTEMPTS)?,
             retry_max_age: env.secs_or("RETRY_MAX_AGE_SECS", DEFAULT_RETRY_MAX_AGE)?,
             max_hold,
-            telegram_timeout,
+            telegram_timeout: Duration::from_secs(at_least_one(
+                env,
+                "TELEGRAM_TIMEOUT_SECS",
+                DEFAULT_TELEGRAM_TIMEOUT.as_secs(),
+            )?),
             instance: env.non_empty("WORKER_NAME").unwrap_or_else(|| shared::telemetry::hostname("worker")),
         })
+    }
+}
+
+/// A whole number of at least 1 from `var`, or `default`.
+fn at_least_one<T>(env: &impl EnvSource, var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let value = env.parse_or(var, default)?;
+    if value < T::from(1) {
+        return Err(ConfigError::new(var, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+/// The bots: `TELEGRAM_BOT_TOKEN` as `default`, and `TELEGRAM_BOTS` (`alias=token,…`); at least one.
+fn bots_from_env(env: &impl EnvSource) -> Result<BTreeMap<String, Secret<String>>, ConfigError> {
+    let mut bots = BTreeMap::new();
+    if let Some(token) = env.non_empty("TELEGRAM_BOT_TOKEN") {
+        validate_token(&token).map_err(|m| ConfigError::new("TELEGRAM_BOT_TOKEN", m))?;
+        bots.insert(DEFAULT_BOT.to_string(), Secret::new(token));
+    }
+    if let Some(list) = env.non_empty("TELEGRAM_BOTS") {
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |m: String| ConfigError::new("TELEGRAM_BOTS", m);
+            let (alias, token) = entry
+                .split_once('=')
+                .ok_or_else(|| bad("each entry must be alias=token (the token is not shown)".to_string()))?;
+            let alias = alias.trim();
+            validate_bot_alias(alias).map_err(|m| bad(format!("alias {m}")))?;
+            validate_token(token.trim()).map_err(|m| bad(format!("bot {alias:?}: {m}")))?;
+            if bots.insert(alias.to_string(), Secret::new(token.trim().to_string())).is_some() {
+                return Err(bad(format!("bot {alias:?} is configured twice")));
+            }
+        }
+    }
+    if bots.is_empty() {
+        return Err(ConfigError::new(
+            "TELEGRAM_BOT_TOKEN",
+            "no bot configured: set TELEGRAM_BOT_TOKEN and/or TELEGRAM_BOTS",
+        ));
+    }
+    Ok(bots)
+}
+
+/// Telegram's limits as configured (`RATE_*`).
+fn limits_from_env(env: &impl EnvSource) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let limits = Limits {
+        global_per_sec: rate(env, "RATE_GLOBAL_PER_SEC", defaults.global_per_sec)?,
+        chat_per_sec: rate(env, "RATE_CHAT_PER_SEC", defaults.chat_per_sec)?,
+        chat_burst: env.parse_or("RATE_CHAT_BURST", defaults.chat_burst)?.max(1),
+        group_per_min: rate(env, "RATE_GROUP_PER_MIN", defaults.group_per_min)?,
+        paid_per_sec: rate(env, "RATE_PAID_PER_SEC", defaults.paid_per_sec)?,
+        safety_margin: env.parse_or("RATE_SAFETY_MARGIN", defaults.safety_margin)?,
+    };
+    if !(0.0..=0.5).contains(&limits.safety_margin) {
+        return Err(ConfigError::new("RATE_SAFETY_MARGIN", "must be between 0 and 0.5"));
+    }
+    Ok(limits)
+}
+
+/// Where the admin server listens (`WORKER_ADMIN_LISTEN`); `off` runs none.
+fn admin_listen_from_env(env: &impl EnvSource) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match env.non_empty("WORKER_ADMIN_LISTEN").as_deref() {
+        Some("off") => Ok(None),
+        other => {
+            let raw = other.unwrap_or(DEFAULT_ADMIN_LISTEN);
+            raw.parse().map(Some).map_err(|_| {
+                ConfigError::new("WORKER_ADMIN_LISTEN", format!("{raw:?} is not an ip:port address or off"))
+            })
+        }
     }
 }
 
