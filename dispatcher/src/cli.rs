@@ -161,10 +161,10 @@ pub async fn campaign(config: &DispatcherConfig, command: CampaignCommand) -> an
                         "{:<40} {:<10} {:>10} {:>10} {:>8} {:>8}",
                         c["id"].as_str().unwrap_or_default(),
                         c["status"].as_str().unwrap_or_default(),
-                        t["recipients"],
-                        t["delivered"],
-                        t["failed"],
-                        t["pending"]
+                        t["recipients"].as_u64().unwrap_or(0),
+                        t["delivered"].as_u64().unwrap_or(0),
+                        t["failed"].as_u64().unwrap_or(0),
+                        t["pending"].as_u64().unwrap_or(0)
                     );
                 }
             }
@@ -239,6 +239,15 @@ async fn watch_campaign(campaigns: &crate::campaigns::service::Campaigns, id: &s
         let status = view["status"].as_str().unwrap_or_default();
         if status == "completed" || status == "cancelled" {
             bar.finish();
+            // The bar draws only on a terminal; the outcome is printed either way.
+            println!(
+                "{id}: {status}: {} delivered, {} failed, {} suppressed, {} cancelled of {}",
+                number("delivered"),
+                number("failed"),
+                number("suppressed"),
+                number("cancelled"),
+                number("recipients")
+            );
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -13,6 +13,10 @@ use shared::wire::{SendRequest, WireError};
 use super::{Change, ListFilter, Record, Status, Store, StoreError, FOLLOW_UP_N, FOLLOW_UP_OF};
 use crate::control::{Cancelled, Control, ControlError};
 
+/// How long a cancel or an edit waits for the record of a request accepted just before (records
+/// are found within tens of milliseconds of the 202; BENCHMARKS.md).
+const JUST_ACCEPTED: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why an action on a record was refused; the caller maps each to its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -72,13 +76,27 @@ impl Records {
         self.store.get(id).await?.ok_or_else(|| RecordsError::UnknownId(id.to_string()))
     }
 
+    /// The record, waiting a moment for one accepted just before: a cancel or an edit right after
+    /// the 202 must not find "no such message" because the writer has not written it yet.
+    async fn get_settled(&self, id: &str) -> Result<Record, RecordsError> {
+        let deadline = tokio::time::Instant::now() + JUST_ACCEPTED;
+        loop {
+            match self.get(id).await {
+                Err(RecordsError::UnknownId(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(JUST_ACCEPTED / 10).await;
+                }
+                found => return found,
+            }
+        }
+    }
+
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Record>, RecordsError> {
         Ok(self.store.list(filter).await?)
     }
 
     /// `DELETE`: cancels a request not sent yet, or deletes a delivered message.
     pub async fn remove(&self, id: &str) -> Result<Removal, RecordsError> {
-        let record = self.get(id).await?;
+        let record = self.get_settled(id).await?;
         match record.status() {
             Some(Status::Queued | Status::Scheduled | Status::Retrying) => self.cancel(&record).await,
             Some(Status::Delivered) => {
@@ -110,7 +128,7 @@ impl Records {
     /// `PATCH`: edits the delivered message's text, caption or reply markup.
     pub async fn edit(&self, id: &str, edit: &Map<String, Value>) -> Result<FollowUp, RecordsError> {
         let (method, extra) = edit_params(edit).map_err(RecordsError::Invalid)?;
-        let record = self.get(id).await?;
+        let record = self.get_settled(id).await?;
         if record.status() != Some(Status::Delivered) {
             return Err(RecordsError::Conflict {
                 code: "not_delivered",

@@ -374,3 +374,49 @@ async fn a_dispatcher_killed_mid_fan_out_leaves_every_recipient_exactly_one_mess
     worker.stop().await;
     dispatcher.stop().await.expect("dispatcher stops");
 }
+
+#[tokio::test]
+async fn the_command_line_creates_a_campaign_from_a_file_and_cancels_a_request_just_sent() {
+    let stack = Stack::start().await;
+    let worker = stack.env.spawn_worker_with(stack.worker_config(&[])).await;
+    let url = stack.dispatcher_database_url();
+    let redis = redis_url();
+    let config = stack.env.dispatcher_config(&stack.env.stack_vars(&url, &[("REDIS_URL", &redis)]));
+    let file = std::env::temp_dir().join(format!("{}-recipients.csv", stack.env.prefix));
+    std::fs::write(&file, "chat_id,name\n8000,Ann\n8001,\"Smith, Jo\"\n8000,again\n").unwrap();
+    let create = dispatcher::cli::CampaignCommand::Create {
+        bot: None,
+        text: "Dear {{name}}".into(),
+        parse_mode: None,
+        recipients: file.clone(),
+        at: None,
+        max_rate: None,
+        id: Some("from-cli".into()),
+    };
+    dispatcher::cli::campaign(&config, create).await.expect("the campaign is created");
+    let _ = std::fs::remove_file(&file);
+    let done = wait_for_status(&stack, "from-cli", "completed", DEADLINE).await;
+    assert_eq!((done["totals"]["delivered"].clone(), done["duplicates"].clone()), (json!(2), json!(1)));
+    assert_eq!(stack.env.sandbox.received_for("8001")[0].text.as_deref(), Some("Dear Smith, Jo"));
+
+    // Sent for later, then cancelled at once: the record may not be written yet, and is waited for.
+    let send = dispatcher::cli::SendArgs {
+        chat_id: Some("8002".into()),
+        text: Some("later".into()),
+        photo: None,
+        document: None,
+        caption: None,
+        parse_mode: None,
+        bot: None,
+        id: None,
+        json: None,
+        at: Some(SystemTime::now() + Duration::from_secs(3600)),
+    };
+    let id = dispatcher::cli::send(&config, send).await.expect("sent");
+    let said = dispatcher::cli::message(&config, dispatcher::cli::MessageCommand::Cancel { id: id.clone() })
+        .await
+        .expect("cancelled");
+    assert!(said.contains("cancelled"), "{said}");
+    stack.dispatcher.record_with_status(&id, "cancelled").await;
+    worker.stop().await;
+}

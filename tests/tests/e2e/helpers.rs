@@ -472,7 +472,7 @@ pub fn metric_value(metrics: &str, series: &str) -> f64 {
 pub struct Stack {
     pub env: TestEnv,
     /// Dropped with the test: its schema goes.
-    pub _database: tests::services::TestDatabase,
+    pub database: tests::services::TestDatabase,
     pub dispatcher: DispatcherHandle,
 }
 
@@ -489,7 +489,7 @@ impl Stack {
             .expect("PostgreSQL runs (the test command starts it)");
         let dispatcher =
             spawn_dispatcher(env.dispatcher_config(&env.stack_vars(&database.url(), extra))).await;
-        Self { env, _database: database, dispatcher }
+        Self { env, database, dispatcher }
     }
 
     /// A worker's config sharing the stack's Redis keys, with `extra` on top.
@@ -498,6 +498,11 @@ impl Stack {
         let mut vars = vec![("REDIS_URL", redis.as_str()), ("REDIS_KEY_PREFIX", self.env.prefix.as_str())];
         vars.extend_from_slice(extra);
         self.env.worker_config_with(&vars)
+    }
+
+    /// The stack's `DATABASE_URL`.
+    pub fn dispatcher_database_url(&self) -> String {
+        self.database.url()
     }
 
     /// Posts a JSON request; the id of its 202.
