@@ -384,6 +384,8 @@ fn router(state: Arc<SandboxState>) -> Router {
         .route("/sandbox/files", axum::routing::delete(delete_files))
         .route("/sandbox/chats/{chat_id}", put(put_chat).delete(delete_chat))
         .route("/{bot_token}/{method}", get(bot_method).post(bot_method))
+        // Telegram takes uploads of up to 50 MB; axum's own default (2 MB) would refuse them.
+        .layer(axum::extract::DefaultBodyLimit::max(request::MAX_BODY))
         .with_state(state)
 }
 

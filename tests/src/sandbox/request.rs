@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::telegram_error;
 
 /// Largest request body read (Telegram's own upload limit).
-const MAX_BODY: usize = 50 * 1024 * 1024;
+pub(super) const MAX_BODY: usize = 50 * 1024 * 1024;
 
 /// A file uploaded with a call.
 #[derive(Debug, Clone)]

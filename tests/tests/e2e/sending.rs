@@ -191,7 +191,8 @@ async fn an_upload_arrives_byte_exact_and_the_same_bytes_then_go_by_file_id() {
     let env = TestEnv::new().await;
     let worker = env.spawn_worker().await;
     let dispatcher = env.spawn_dispatcher(&[]).await;
-    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    // Larger than the 2 MiB many HTTP stacks take by default: Telegram takes up to 50 MB.
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let photo = |chat: i64| json!({"method": "sendPhoto", "params": {"chat_id": chat, "photo": "attach://cat", "caption": "cat"}});
 
