@@ -19,8 +19,6 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's body (`DISPATCHER_BODY_TIMEOUT_SECS`).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a keep-alive connection may stay idle between requests (`DISPATCHER_IDLE_TIMEOUT_SECS`).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Most client connections open at once (`DISPATCHER_MAX_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Shortest API key, in characters.
@@ -83,13 +81,11 @@ impl RecordsSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// From a connection's first byte (or the end of its last request) to the end of the next
-    /// request's headers (`DISPATCHER_HEADER_TIMEOUT_SECS`).
+    /// request's headers (`DISPATCHER_HEADER_TIMEOUT_SECS`): this also closes a keep-alive
+    /// connection left idle.
     pub header_timeout: Duration,
     /// From the end of the headers to the end of the body (`DISPATCHER_BODY_TIMEOUT_SECS`).
     pub body_timeout: Duration,
-    /// A keep-alive connection with no request in progress for this long is closed
-    /// (`DISPATCHER_IDLE_TIMEOUT_SECS`).
-    pub idle_timeout: Duration,
     /// Connections open at once (`DISPATCHER_MAX_CONNECTIONS`); past it, new ones wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
@@ -111,7 +107,6 @@ impl ConnectionLimits {
         Ok(Self {
             header_timeout: positive("DISPATCHER_HEADER_TIMEOUT_SECS", DEFAULT_HEADER_TIMEOUT)?,
             body_timeout: positive("DISPATCHER_BODY_TIMEOUT_SECS", DEFAULT_BODY_TIMEOUT)?,
-            idle_timeout: positive("DISPATCHER_IDLE_TIMEOUT_SECS", DEFAULT_IDLE_TIMEOUT)?,
             max_connections,
         })
     }
