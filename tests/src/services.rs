@@ -9,6 +9,13 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://tg_dispatch:tg_dispatch@127.0
 /// Redis for tests unless `REDIS_URL` says otherwise.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// A free port on 127.0.0.1, for a process of the test's own that must listen on a known port:
+/// bound, read and released, so that the process binds it just after.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").port()
+}
+
 /// The database tests use.
 pub fn database_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string())

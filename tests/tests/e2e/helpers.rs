@@ -450,11 +450,7 @@ pub async fn terminate(worker: Child) -> (std::process::ExitStatus, String) {
     (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// A free port on 127.0.0.1, for a process of the test's own that must listen on a known port.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("bound").port()
-}
+pub use tests::services::free_port;
 
 /// The value of a Prometheus sample line that starts with `series` (name and labels), or 0.
 pub fn metric_value(metrics: &str, series: &str) -> f64 {

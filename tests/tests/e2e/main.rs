@@ -8,7 +8,6 @@
 
 mod bench;
 mod campaigns;
-mod compose;
 mod dead_letters;
 mod delivery;
 mod deploy;
