@@ -55,33 +55,38 @@ impl Control {
             .map_err(ControlError)
     }
 
+    /// Runs a Lua script of [`claims`] on `key` with `args`; its answer.
+    async fn invoke(&self, script: &str, key: String, args: &[String]) -> Result<String, ControlError> {
+        let call = async {
+            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            let script = redis::Script::new(script);
+            let mut invocation = script.prepare_invoke();
+            invocation.key(key);
+            for arg in args {
+                invocation.arg(arg);
+            }
+            invocation.invoke_async::<String>(&mut connection).await.map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(TIMEOUT, call)
+            .await
+            .map_err(|_| ControlError("no answer in time".into()))?
+            .map_err(ControlError)
+    }
+
     /// Marks request `id` cancelled unless a worker has it.
     pub async fn cancel_request(&self, id: &str) -> Result<Cancelled, ControlError> {
         let key = request_claim(&self.namespace, id);
-        let call = async {
-            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
-            let script = redis::Script::new(claims::CANCEL);
-            let mut invocation = script.prepare_invoke();
-            invocation.key(key).arg(claims::CANCELLED_TTL_SECS);
-            invocation.invoke_async::<String>(&mut connection).await.map_err(|e| e.to_string())
-        };
-        let answer = tokio::time::timeout(TIMEOUT, call)
-            .await
-            .map_err(|_| ControlError("no answer in time".into()))?
-            .map_err(ControlError)?;
+        let answer = self.invoke(claims::CANCEL, key, &[claims::CANCELLED_TTL_SECS.to_string()]).await?;
         Ok(if answer == claims::CANCELLED { Cancelled::Yes } else { Cancelled::TooLate })
     }
 
-    /// Pauses (`paused`), cancels (`cancelled`) or, with `None`, lets campaign `id` run.
+    /// Pauses (`paused`), cancels (`cancelled`) or, with `None`, lets campaign `id` run. A
+    /// cancellation is final: pausing or resuming afterwards leaves it as it is.
     pub async fn set_campaign(&self, id: &str, state: Option<&str>) -> Result<(), ControlError> {
         let key = campaign_control(&self.namespace, id);
-        let command = match state {
-            Some(state) => {
-                redis::cmd("SET").arg(key).arg(state).arg("EX").arg(claims::CANCELLED_TTL_SECS).clone()
-            }
-            None => redis::cmd("DEL").arg(key).clone(),
-        };
-        self.run::<()>(command).await
+        let args = [state.unwrap_or("").to_string(), claims::CANCELLED_TTL_SECS.to_string()];
+        self.invoke(claims::CAMPAIGN, key, &args).await?;
+        Ok(())
     }
 
     /// Which of `chats` are suppressed for bot `alias` (one round trip).

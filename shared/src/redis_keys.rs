@@ -118,12 +118,11 @@ pub mod claims {
     /// sending it) or `suppressed`.
     pub const CLAIM: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v == 'cancelled' then return 'cancelled' end
+if v == 'cancelled' or v == 'done' then return v end
 if KEYS[3] then
   local c = redis.call('GET', KEYS[3])
   if c == 'cancelled' or c == 'paused' then return c end
 end
-if v == 'done' then return 'done' end
 if v and v ~= ARGV[1] then return 'busy' end
 if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 'suppressed' end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -135,6 +134,20 @@ return 'ok'
     pub const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
+";
+
+    /// Setting a campaign's control key. KEYS: the control key. ARGV: `paused`, `cancelled` or
+    /// empty (let it run), and the lifetime in s. A cancellation is final: nothing replaces or
+    /// removes it. Returns what the key holds afterwards (empty for nothing).
+    pub const CAMPAIGN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == 'cancelled' then return v end
+if ARGV[1] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return ARGV[1]
 ";
 
     /// Cancelling. KEYS: claim. ARGV: the cancellation's lifetime in s. Returns `cancelled` (now,

@@ -43,7 +43,7 @@ pub struct FanOut {
 /// Runs until `shutdown`.
 pub async fn run(store: Store, publisher: Arc<Publisher>, settings: FanOut, shutdown: Shutdown) {
     let bulk_queue = publisher.topology().bulk_queue();
-    let mut pacing: HashMap<String, Instant> = HashMap::new();
+    let mut pacing: HashMap<String, Bucket> = HashMap::new();
     let mut last_completion_check = Instant::now();
     loop {
         let worked = match round(&store, &publisher, &settings, &bulk_queue, &mut pacing).await {
@@ -77,7 +77,7 @@ async fn round(
     publisher: &Publisher,
     settings: &FanOut,
     bulk_queue: &str,
-    pacing: &mut HashMap<String, Instant>,
+    pacing: &mut HashMap<String, Bucket>,
 ) -> anyhow::Result<bool> {
     store::start_due(store).await?;
     let Some(room) = window_room(publisher, bulk_queue, settings.window).await else { return Ok(false) };
@@ -97,6 +97,32 @@ async fn window_room(publisher: &Publisher, bulk_queue: &str, window: u32) -> Op
     (depth < window).then(|| i64::from(window - depth).min(BATCH))
 }
 
+/// A campaign's `max_rate_per_sec` as a token bucket: it fills at the rate and holds a second's
+/// worth, and at least one message, so that rates below one a second publish too.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        Self { tokens: rate.max(1.0), at: Instant::now() }
+    }
+
+    /// Adds what `rate` allows since the last refill; how many whole messages may go now.
+    fn refill(&mut self, rate: f64, now: Instant) -> i64 {
+        let earned = now.duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(rate.max(1.0));
+        self.at = now;
+        self.tokens.floor() as i64
+    }
+
+    fn take(&mut self, messages: usize) {
+        self.tokens -= messages as f64;
+    }
+}
+
 /// Publishes the next recipients of `campaign` (at most `room`, and no faster than its
 /// `max_rate_per_sec`); how many.
 async fn publish_batch(
@@ -105,37 +131,40 @@ async fn publish_batch(
     settings: &FanOut,
     campaign: &CampaignRow,
     room: i64,
-    pacing: &mut HashMap<String, Instant>,
+    pacing: &mut HashMap<String, Bucket>,
 ) -> anyhow::Result<usize> {
-    let limit = match campaign.max_rate_per_sec {
-        Some(rate) => {
-            // A token bucket of one second: what the rate allows since the last batch.
-            let now = Instant::now();
-            let last = *pacing.entry(campaign.id.clone()).or_insert(now - Duration::from_secs(1));
-            let allowed = (now.duration_since(last).as_secs_f64().min(1.0) * rate).floor() as i64;
-            if allowed < 1 {
-                return Ok(0);
-            }
-            pacing.insert(campaign.id.clone(), now);
-            room.min(allowed)
-        }
+    let bucket = campaign.max_rate_per_sec.map(|rate| {
+        pacing.entry(campaign.id.clone()).or_insert_with(|| Bucket::new(rate)).refill(rate, Instant::now())
+    });
+    let limit = match bucket {
+        Some(0) => return Ok(0),
+        Some(allowed) => room.min(allowed),
         None => room,
     };
     let (pending, next) = store::next_recipients(store, &campaign.id, campaign.published, limit).await?;
+    if let Some(bucket) = pacing.get_mut(&campaign.id) {
+        bucket.take(pending.len());
+    }
     let Some(next) = next else {
         // Nothing left to read: the cursor goes to the end.
         store::advance(store, &campaign.id, &settings.owner, campaign.recipients).await?;
         return Ok(0);
     };
     let template = campaign.template();
-    let publishes = pending.iter().map(|recipient| {
+    let mut requests = Vec::with_capacity(pending.len());
+    for recipient in &pending {
         let document = template.message(recipient.idx, &recipient.chat, recipient.vars.as_ref());
-        async move {
-            let request = SendRequest::from_value(document)?;
-            publisher.publish_request(&request, crate::http::APP_ID).await?;
-            anyhow::Ok(())
+        match SendRequest::from_value(document) {
+            Ok(request) => requests.push(request),
+            // Creation checks every rendered message, so only a template this version reads
+            // differently gets here: that recipient fails alone, and the campaign goes on.
+            Err(error) => {
+                tracing::warn!(campaign = %campaign.id, idx = recipient.idx, error = %error, "campaign message invalid; recorded failed");
+                store::record_unsendable(store, campaign, recipient, &error.to_string()).await?;
+            }
         }
-    });
+    }
+    let publishes = requests.iter().map(|request| publisher.publish_request(request, crate::http::APP_ID));
     let results = futures_util::future::join_all(publishes).await;
     let failed = results.iter().filter(|r| r.is_err()).count();
     if let Some(Err(error)) = results.into_iter().find(|r| r.is_err()) {
@@ -225,4 +254,32 @@ async fn finish_completed(store: &Store) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_lets_a_rate_through_below_one_a_second_too() {
+        let start = Instant::now();
+        let mut slow = Bucket { tokens: 1.0, at: start };
+        assert_eq!(slow.refill(0.5, start), 1);
+        slow.take(1);
+        assert_eq!(slow.refill(0.5, start + Duration::from_secs(1)), 0);
+        assert_eq!(slow.refill(0.5, start + Duration::from_secs(2)), 1);
+        // Idle for long, it holds one message, not what the idle time earned.
+        slow.take(1);
+        assert_eq!(slow.refill(0.5, start + Duration::from_secs(60)), 1);
+    }
+
+    #[test]
+    fn a_bucket_holds_a_second_of_its_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket { tokens: 40.0, at: start };
+        assert_eq!(bucket.refill(40.0, start), 40);
+        bucket.take(40);
+        assert_eq!(bucket.refill(40.0, start + Duration::from_millis(100)), 4);
+        assert_eq!(bucket.refill(40.0, start + Duration::from_secs(10)), 40);
+    }
 }

@@ -102,6 +102,9 @@ impl Template {
             Some(_) => return Err(WireError::wrong_type("params", "an object")),
             None => return Err(WireError::missing("params")),
         };
+        if params.iter().any(|(key, value)| key.contains('\0') || shared::wire::contains_nul(value)) {
+            return Err(WireError::bad_value("params", "may not contain a NUL character (U+0000)"));
+        }
         if params.contains_key("chat_id") {
             return Err(WireError::bad_value("params.chat_id", "comes from each recipient: leave it out"));
         }

@@ -69,6 +69,9 @@ fn check_vars(line: u64, vars: Map<String, Value>) -> Result<Map<String, Value>,
         if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
             return Err(row_error(line, format!("vars.{name} must be a string, number or boolean")));
         }
+        if name.contains('\0') || shared::wire::contains_nul(value) {
+            return Err(row_error(line, "vars may not contain a NUL character (U+0000)"));
+        }
     }
     Ok(vars)
 }

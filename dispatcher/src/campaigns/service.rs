@@ -142,7 +142,10 @@ impl Campaigns {
     /// Holds a running or scheduled campaign: nothing more is published, and its messages already
     /// queued wait.
     pub async fn pause(&self, id: &str) -> Result<Value, CampaignError> {
-        self.get(id).await?;
+        let campaign = self.get(id).await?;
+        if campaign.status().is_some_and(CampaignStatus::is_final) {
+            return Err(conflict(&campaign, "pause"));
+        }
         self.control.set_campaign(id, Some(shared::redis_keys::claims::PAUSED)).await?;
         let from = [CampaignStatus::Running, CampaignStatus::Scheduled];
         if !store::set_status(&self.store, id, &from, CampaignStatus::Paused).await? {
@@ -168,7 +171,10 @@ impl Campaigns {
         } else {
             CampaignStatus::Running
         };
-        store::set_status(&self.store, id, &[CampaignStatus::Paused], to).await?;
+        if !store::set_status(&self.store, id, &[CampaignStatus::Paused], to).await? {
+            // Cancelled (or resumed) meanwhile: its control key is not this call's to change.
+            return Err(conflict(&self.get(id).await?, "resume"));
+        }
         self.control.set_campaign(id, None).await?;
         self.view(id).await
     }

@@ -7,9 +7,9 @@ use std::pin::pin;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, TryStreamExt as _};
 use serde_json::{Map, Value};
-use shared::wire::WireError;
+use shared::wire::{SendRequest, WireError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::recipients::{Chunk, RowError, MAX_ROW_ERRORS};
@@ -103,6 +103,7 @@ pub async fn create(
         return Err(CreateError::Empty);
     }
     check_placeholders(&transaction, &template).await?;
+    check_rendered(&transaction, &template).await?;
 
     let now = SystemTime::now();
     let scheduled = template.send_at.is_some_and(|at| at > now);
@@ -191,6 +192,37 @@ async fn check_placeholders(
         })
         .collect();
     Err(CreateError::Rows(errors))
+}
+
+/// Every recipient's message, rendered with its variables, must be one the workers take (a text
+/// neither empty nor too long, …): found out here, not by a fan-out that could not publish it.
+async fn check_rendered(
+    transaction: &tokio_postgres::Transaction<'_>,
+    template: &Template,
+) -> Result<(), CreateError> {
+    if template.placeholders.is_empty() {
+        return Ok(());
+    }
+    let rows = transaction
+        .query_raw("SELECT line, chat_id, vars FROM staged ORDER BY line", std::iter::empty::<i32>())
+        .await?;
+    let mut rows = pin!(rows);
+    let mut errors = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        let vars: Option<Value> = row.get(2);
+        let document = template.message(0, row.get(1), vars.as_ref().and_then(Value::as_object));
+        if let Err(error) = SendRequest::from_value(document) {
+            errors.push(RowError { line: row.get::<_, i64>(0) as u64, message: error.to_string() });
+            if errors.len() == MAX_ROW_ERRORS {
+                break;
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CreateError::Rows(errors))
+    }
 }
 
 /// Marks the recipients whose chat is suppressed for the campaign's bot; how many.
@@ -352,7 +384,9 @@ pub async fn start_due(store: &Store) -> Result<u64, StoreError> {
 }
 
 /// Takes (or renews) the lease of one campaign with work to do (recipients to publish, or a
-/// recall under way), preferring the oldest; `None` when there is none free.
+/// recall under way); `None` when there is none free. Free campaigns come first, then this
+/// dispatcher's own in turn (the one leased longest ago), so that a slow one (`max_rate_per_sec`)
+/// never holds the others back.
 pub async fn lease(
     store: &Store,
     owner: &str,
@@ -366,7 +400,7 @@ pub async fn lease(
                  WHERE id = (SELECT id FROM campaigns \
                    WHERE ((status = 'running' AND published < recipients) OR recall_status = 'running') \
                      AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $1) \
-                   ORDER BY (lease_owner = $1) DESC NULLS LAST, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                   ORDER BY lease_until NULLS FIRST, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
                  RETURNING {CAMPAIGN_COLUMNS}"
             ),
             &[&owner, &(lease.as_millis() as f64)],
@@ -392,6 +426,34 @@ pub struct Pending {
     pub idx: i32,
     pub chat: String,
     pub vars: Option<Map<String, Value>>,
+}
+
+/// Records recipient `recipient`'s message failed without a send: its rendered message is not one
+/// the workers take. A record already there stays as it is.
+pub async fn record_unsendable(
+    store: &Store,
+    campaign: &CampaignRow,
+    recipient: &Pending,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let client = store.client().await?;
+    let error = serde_json::json!({"code": null, "description": reason, "class": "bad_request"});
+    client
+        .execute(
+            "INSERT INTO records (id, bot, method, chat_id, status, status_rank, error, created_at, updated_at, \
+               campaign_id) VALUES ($1, $2, $3, $4, 'failed', $5, $6, now(), now(), $7) ON CONFLICT (id) DO NOTHING",
+            &[
+                &format!("{}:{}", campaign.id, recipient.idx),
+                &campaign.bot,
+                &campaign.method,
+                &recipient.chat,
+                &crate::records::Status::Failed.rank(),
+                &error,
+                &campaign.id,
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The next recipients from `from` on (suppressed ones skipped), and where the cursor goes after
@@ -499,13 +561,14 @@ pub async fn recipient(store: &Store, id: &str, idx: i32) -> Result<Option<(Stri
     Ok(row.map(|row| (row.get(0), row.get(1))))
 }
 
-/// Starts a recall: every delivered message will be deleted.
+/// Starts a recall: every delivered message (with a Telegram message id) will be deleted.
 pub async fn start_recall(store: &Store, id: &str) -> Result<bool, StoreError> {
     let client = store.client().await?;
     let started = client
         .execute(
             "UPDATE campaigns SET recall_status = 'running', recall_after = '', updated_at = now(), \
-               recall_total = (SELECT count(*) FROM records WHERE campaign_id = $1 AND status = 'delivered') \
+               recall_total = (SELECT count(*) FROM records WHERE campaign_id = $1 AND status = 'delivered' \
+                 AND cardinality(telegram_message_ids) > 0) \
              WHERE id = $1 AND recall_status IS DISTINCT FROM 'running'",
             &[&id],
         )
@@ -520,7 +583,8 @@ pub struct Delivered {
     pub message_ids: Vec<i64>,
 }
 
-/// The next delivered messages of a campaign after record id `after`, in id order.
+/// The next delivered messages of a campaign after record id `after`, in id order: those with a
+/// Telegram message id to delete (a method such as sendChatAction leaves none).
 pub async fn delivered_after(
     store: &Store,
     id: &str,
@@ -531,7 +595,8 @@ pub async fn delivered_after(
     let rows = client
         .query(
             "SELECT id, chat_id, telegram_message_ids FROM records \
-             WHERE campaign_id = $1 AND id > $2 AND status = 'delivered' ORDER BY id LIMIT $3",
+             WHERE campaign_id = $1 AND id > $2 AND status = 'delivered' \
+               AND cardinality(telegram_message_ids) > 0 ORDER BY id LIMIT $3",
             &[&id, &after, &limit],
         )
         .await?;

@@ -4,7 +4,6 @@
 //! `GET /v1/suppressions?bot=`, `DELETE /v1/suppressions/{bot}/{chat_id}`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -14,7 +13,7 @@ use axum::Json;
 use futures_util::TryStreamExt as _;
 use serde_json::json;
 use shared::wire::WireError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{read_body, ApiError, AppState};
 use crate::campaigns::service::Campaigns;
@@ -117,18 +116,29 @@ pub(super) async fn report(
     let campaigns = campaigns(&state)?.clone();
     campaigns.get(&id).await?;
     let (tx, rx) = mpsc::channel::<ReportRow>(256);
+    let (finished_tx, finished_rx) = oneshot::channel::<bool>();
     tokio::spawn(async move {
-        if let Err(error) = campaigns.report(&id, tx).await {
+        let result = campaigns.report(&id, tx).await;
+        if let Err(error) = &result {
             tracing::warn!(campaign = %id, %error, "the report stopped early");
         }
+        let _ = finished_tx.send(result.is_ok());
     });
     let header_line = csv.then(|| "chat_id,status,telegram_message_id,error\n".to_string());
-    let lines = futures_util::stream::unfold((rx, header_line), move |(mut rx, header_line)| async move {
+    let state = (rx, header_line, Some(finished_rx));
+    let lines = futures_util::stream::unfold(state, move |(mut rx, header_line, finished)| async move {
         if let Some(line) = header_line {
-            return Some((Ok::<_, Infallible>(line), (rx, None)));
+            return Some((Ok(line), (rx, None, finished)));
         }
-        let row = rx.recv().await?;
-        Some((Ok(report_line(&row, csv)), (rx, None)))
+        match rx.recv().await {
+            Some(row) => Some((Ok(report_line(&row, csv)), (rx, None, finished))),
+            // A report cut short must not pass for a whole one: the body ends in an error, so the
+            // client sees the response broken off rather than complete.
+            None => match finished?.await {
+                Ok(true) => None,
+                _ => Some((Err(std::io::Error::other("the report stopped early")), (rx, None, None))),
+            },
+        }
     });
     let content_type = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(lines)).into_response())

@@ -15,7 +15,7 @@ use shared::wire::{WireError, WireErrorCode};
 
 use super::{read_body, ApiError, AppState};
 use crate::records::service::{Records, RecordsError, Removal};
-use crate::records::{Cursor, ListFilter, Listing, Status, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+use crate::records::{Cursor, ListFilter, Listing, Record, Status, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
 /// Largest `PATCH` body.
 const MAX_EDIT_BYTES: usize = 64 * 1024;
@@ -30,15 +30,20 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = match records(&state)?.get(&id).await {
-        Err(RecordsError::UnknownId(unknown)) => match &state.campaigns {
-            Some(campaigns) => {
-                campaigns.message_record(&id).await?.ok_or(RecordsError::UnknownId(unknown))?
-            }
-            None => return Err(RecordsError::UnknownId(unknown).into()),
-        },
+        Err(RecordsError::UnknownId(unknown)) => {
+            campaign_message(&state, &id).await?.ok_or(RecordsError::UnknownId(unknown))?
+        }
         found => found?,
     };
     Ok(Json(record.to_json()).into_response())
+}
+
+/// A campaign's message before its first event (no record yet), as its campaign shows it.
+async fn campaign_message(state: &AppState, id: &str) -> Result<Option<Record>, ApiError> {
+    match &state.campaigns {
+        Some(campaigns) => Ok(campaigns.message_record(id).await?),
+        None => Ok(None),
+    }
 }
 
 pub(super) async fn list(
@@ -58,7 +63,16 @@ pub(super) async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let answer = match records(&state)?.remove(&id).await? {
+    let records = records(&state)?;
+    let removal = match records.get(&id).await {
+        Ok(record) => records.remove_record(&record).await?,
+        Err(RecordsError::UnknownId(_)) => match campaign_message(&state, &id).await? {
+            Some(record) => records.remove_record(&record).await?,
+            None => records.remove(&id).await?,
+        },
+        Err(error) => return Err(error.into()),
+    };
+    let answer = match removal {
         Removal::Cancelled => (StatusCode::OK, Json(json!({"id": id, "status": "cancelled"}))),
         Removal::Deleting(follow_up) => (
             StatusCode::ACCEPTED,

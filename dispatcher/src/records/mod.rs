@@ -111,6 +111,16 @@ pub enum Change {
     FollowUp { parent: String, n: i32, status: Status, error: Option<Value>, at: SystemTime },
 }
 
+impl Change {
+    /// The id of the record it changes.
+    pub fn record_id(&self) -> &str {
+        match self {
+            Change::Accepted { id, .. } | Change::Outcome { id, .. } => id,
+            Change::FollowUp { parent, .. } => parent,
+        }
+    }
+}
+
 /// A record as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -211,10 +221,18 @@ impl Cursor {
         let text = String::from_utf8(bytes).ok()?;
         let (micros, id) = text.split_once(':')?;
         let micros: u64 = micros.parse().ok()?;
+        // Within what PostgreSQL holds (times up to 9999, text without NUL): anything else was
+        // not made here.
+        if micros > MAX_CURSOR_MICROS || id.contains('\0') {
+            return None;
+        }
         let created_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(micros);
         Some(Self { created_at, id: id.to_string() })
     }
 }
+
+/// The end of 9999-12-31 in microseconds since the epoch.
+const MAX_CURSOR_MICROS: u64 = 253_402_300_799_999_999;
 
 /// What `GET /v1/messages` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +269,10 @@ mod tests {
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
         assert_eq!(Cursor::decode("not base64 !"), None);
         assert_eq!(Cursor::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x:y")), None);
+        let far = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("999999999999999999:r");
+        assert_eq!(Cursor::decode(&far), None);
+        let nul = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1:r\0");
+        assert_eq!(Cursor::decode(&nul), None);
     }
 
     #[test]

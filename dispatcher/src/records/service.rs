@@ -97,11 +97,16 @@ impl Records {
     /// `DELETE`: cancels a request not sent yet, or deletes a delivered message.
     pub async fn remove(&self, id: &str) -> Result<Removal, RecordsError> {
         let record = self.get_settled(id).await?;
+        self.remove_record(&record).await
+    }
+
+    /// As [`Records::remove`], for a record at hand (a campaign's message shown from its campaign).
+    pub async fn remove_record(&self, record: &Record) -> Result<Removal, RecordsError> {
         match record.status() {
-            Some(Status::Queued | Status::Scheduled | Status::Retrying) => self.cancel(&record).await,
+            Some(Status::Queued | Status::Scheduled | Status::Retrying) => self.cancel(record).await,
             Some(Status::Delivered) => {
-                let (method, params) = delete_params(&record)?;
-                Ok(Removal::Deleting(self.follow_up(&record, method, params).await?))
+                let (method, params) = delete_params(record)?;
+                Ok(Removal::Deleting(self.follow_up(record, method, params).await?))
             }
             _ => Err(RecordsError::Conflict {
                 code: "not_removable",

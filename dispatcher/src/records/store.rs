@@ -33,6 +33,17 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
 }
 
+impl StoreError {
+    /// Whether PostgreSQL refused the data itself (SQLSTATE class 22: a NUL in a string, a time
+    /// out of range, …): the same query will fail again, however long one waits.
+    pub fn is_bad_data(&self) -> bool {
+        match self {
+            StoreError::Query(error) => error.code().is_some_and(|state| state.code().starts_with("22")),
+            StoreError::Unavailable(_) => false,
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
         StoreError::Unavailable(error.to_string())

@@ -20,7 +20,7 @@ use shared::topology::{Topology, HEADER_ACCEPTED_AT, HEADER_SEAL};
 use shared::wire::SendRequest;
 use tokio::time::Instant;
 
-use super::{Change, Status, Store, FOLLOW_UP_N, FOLLOW_UP_OF};
+use super::{Change, Status, Store, StoreError, FOLLOW_UP_N, FOLLOW_UP_OF};
 
 /// Most messages written in one transaction.
 pub const BATCH_MAX: usize = 500;
@@ -110,8 +110,39 @@ async fn session(
 }
 
 /// Applies `changes` until it works; `false` when shutdown came first (the batch goes back to the
-/// queue unacked).
+/// queue unacked). A change PostgreSQL refuses for its data must not hold back the others: the
+/// batch is then applied one change at a time, and a refused change is logged and dropped.
 async fn write(store: &Store, changes: &[Change], shutdown: &Shutdown) -> bool {
+    match apply(store, changes, shutdown).await {
+        Applied::Written => true,
+        Applied::Stopped => false,
+        Applied::Refused(_) => {
+            for change in changes {
+                match apply(store, std::slice::from_ref(change), shutdown).await {
+                    Applied::Written => {}
+                    Applied::Stopped => return false,
+                    Applied::Refused(error) => {
+                        metrics::counter!("tg_records_refused_total").increment(1);
+                        tracing::error!(id = change.record_id(), %error, "record change refused by PostgreSQL; dropped");
+                    }
+                }
+            }
+            true
+        }
+    }
+}
+
+/// How [`apply`] ended.
+enum Applied {
+    Written,
+    /// Shutdown came first.
+    Stopped,
+    /// PostgreSQL refused the data: trying again would not help.
+    Refused(StoreError),
+}
+
+/// Applies `changes` in one transaction, waiting out an unreachable store.
+async fn apply(store: &Store, changes: &[Change], shutdown: &Shutdown) -> Applied {
     let mut failures = 0;
     loop {
         match store.apply(changes).await {
@@ -119,8 +150,9 @@ async fn write(store: &Store, changes: &[Change], shutdown: &Shutdown) -> bool {
                 if failures > 0 {
                     tracing::info!(failures, "the records store is writable again");
                 }
-                return true;
+                return Applied::Written;
             }
+            Err(error) if error.is_bad_data() => return Applied::Refused(error),
             Err(error) => {
                 failures += 1;
                 if failures == 1 {
@@ -128,7 +160,7 @@ async fn write(store: &Store, changes: &[Change], shutdown: &Shutdown) -> bool {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(STORE_BACKOFF.delay(failures)) => {}
-                    _ = shutdown.requested() => return false,
+                    _ = shutdown.requested() => return Applied::Stopped,
                 }
             }
         }

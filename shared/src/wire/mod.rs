@@ -511,6 +511,17 @@ pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Whether a NUL character (U+0000) is anywhere in `value`, keys included. What is kept in
+/// PostgreSQL (metadata, a campaign's message and variables) may not hold one: `jsonb` refuses it.
+pub fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 /// Checks a producer-supplied id: 1-128 characters of `A-Z a-z 0-9 . _ : -`.
 pub fn validate_id(id: &str) -> Result<(), WireError> {
     let valid = !id.is_empty()
@@ -596,6 +607,9 @@ fn parse_metadata(metadata: Option<Value>) -> Result<Option<Map<String, Value>>,
                     format!("is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"),
                 ));
             }
+            if metadata.iter().any(|(key, value)| key.contains('\0') || contains_nul(value)) {
+                return Err(WireError::bad_value("metadata", "may not contain a NUL character (U+0000)"));
+            }
             Ok(Some(metadata))
         }
         Some(_) => Err(WireError::wrong_type("metadata", "an object")),
@@ -657,6 +671,8 @@ mod tests {
         let cases: Vec<(Value, WireErrorCode, &str)> = vec![
             (with(&["extra"], json!(1)), UnknownField, "extra"),
             (with(&["id"], json!("has space")), InvalidValue, "id"),
+            (with(&["metadata"], json!({"k": "a\u{0}b"})), InvalidValue, "metadata"),
+            (with(&["metadata"], json!({"k": [{"a\u{0}": 1}]})), InvalidValue, "metadata"),
             (with(&["id"], json!("x".repeat(129))), InvalidValue, "id"),
             (with(&["id"], json!(5)), InvalidType, "id"),
             (with(&["bot"], json!("")), InvalidValue, "bot"),

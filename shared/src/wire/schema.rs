@@ -117,7 +117,7 @@ fn schema() -> Value {
             "params": {"type": "object", "required": ["chat_id"], "description": "Telegram's own parameter names for the method."},
             "metadata": {
                 "type": "object",
-                "description": "Opaque to tg-dispatch, at most 4096 bytes as JSON; echoed back in delivery events."
+                "description": "Opaque to tg-dispatch, at most 4096 bytes as JSON, without a NUL character (U+0000); echoed back in delivery events."
             },
             "send_at": {
                 "type": "string",

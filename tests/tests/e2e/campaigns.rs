@@ -151,6 +151,25 @@ async fn bad_recipients_are_refused_with_their_lines_and_nothing_is_kept() {
         .await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["rows"], json!([{"line": 5, "message": "vars must give name"}]));
+    // Every variable there, but one text rendered empty and one too long: refused before anything
+    // is kept, rather than found out by the fan-out.
+    let mut recipients = chats(2000, 5);
+    recipients[1] = json!({"chat_id": 2001, "vars": {"name": ""}});
+    recipients[3] = json!({"chat_id": 2003, "vars": {"name": "x".repeat(5000)}});
+    let (status, answer) = stack
+        .dispatcher
+        .post_json("/v1/campaigns", &json!({"id": "bad", "method": "sendMessage", "params": {"text": "{{name}}"}, "recipients": recipients}), None)
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    let lines: Vec<&Value> = answer["error"]["rows"].as_array().unwrap().iter().map(|r| &r["line"]).collect();
+    assert_eq!(lines, [&json!(2), &json!(4)], "{answer}");
+    let mut recipients = chats(2000, 5);
+    recipients[0] = json!({"chat_id": 2000, "vars": {"name": "a\u{0}"}});
+    let (status, answer) = stack
+        .dispatcher
+        .post_json("/v1/campaigns", &json!({"id": "bad", "method": "sendMessage", "params": {"text": "Hi {{name}}"}, "recipients": recipients}), None)
+        .await;
+    assert_eq!((status, answer["error"]["rows"][0]["line"].clone()), (400, json!(1)), "{answer}");
     let (status, _) = stack.dispatcher.get_json("/v1/campaigns/bad").await;
     assert_eq!(status, 404, "nothing was kept");
     let (status, answer) = stack
@@ -233,6 +252,12 @@ async fn pause_holds_a_campaign_resume_continues_it_and_cancel_stops_it_within_a
     let view = control(&stack, "slow", "cancel").await;
     let cancelled_at = millis(SystemTime::now());
     assert_eq!(view["status"], "cancelled");
+    // Neither a pause nor a resume afterwards undoes the cancel.
+    for action in ["pause", "resume"] {
+        let (status, _) =
+            stack.dispatcher.post_json(&format!("/v1/campaigns/slow/{action}"), &json!({}), None).await;
+        assert_eq!(status, 409, "{action}");
+    }
     // Every message still queued or parked is dropped by the workers, none sent.
     eventually("the campaign's messages drained", Duration::from_secs(30), || async {
         let bulk = stack.env.depth(&stack.env.topology.bulk_queue()).await;
@@ -251,6 +276,40 @@ async fn pause_holds_a_campaign_resume_continues_it_and_cancel_stops_it_within_a
     // A cancelled campaign cannot be resumed.
     let (status, _) = stack.dispatcher.post_json("/v1/campaigns/slow/resume", &json!({}), None).await;
     assert_eq!(status, 409);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_is_final_and_a_queued_message_is_cancelled_by_id_before_its_first_event() {
+    let stack = Stack::start_with(&[("CAMPAIGN_WINDOW", "20")]).await;
+    // No worker yet: the campaign's first messages wait in the bulk queue, with no record.
+    let recipients: Vec<i64> = (7000..7050).collect();
+    create(
+        &stack,
+        json!({"id": "final", "method": "sendMessage", "params": {"text": "hi"}, "recipients": recipients}),
+    )
+    .await;
+    let bulk = stack.env.topology.bulk_queue();
+    eventually("the window filled", DEADLINE, || async {
+        (stack.env.depth(&bulk).await >= 20).then_some(())
+    })
+    .await;
+    let (status, answer) = stack.dispatcher.delete("/v1/messages/final:0").await;
+    assert_eq!((status, answer["status"].clone()), (200, json!("cancelled")), "{answer}");
+
+    control(&stack, "final", "cancel").await;
+    for action in ["pause", "resume"] {
+        let (status, _) =
+            stack.dispatcher.post_json(&format!("/v1/campaigns/final/{action}"), &json!({}), None).await;
+        assert_eq!(status, 409, "{action}");
+    }
+    let mut events = stack.env.tap_events().await;
+    let worker = stack.env.spawn_worker_with(stack.worker_config(&[])).await;
+    // The window's messages were queued before the cancel: each is dropped by the worker, unsent.
+    for i in 0..20 {
+        events.wait_for(&format!("final:{i}"), "cancelled").await;
+    }
+    assert!(received(&stack, 7000, 50).is_empty(), "a message of the cancelled campaign went out");
     worker.stop().await;
 }
 

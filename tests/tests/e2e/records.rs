@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
 use serde_json::{json, Value};
 use tests::faultproxy::FaultProxy;
 use tests::sandbox::{ChatBehaviour, FaultKind, Faults};
@@ -134,6 +136,39 @@ async fn without_a_database_the_records_api_says_what_to_set_and_sends_still_wor
     let (status, _) = dispatcher.post_json("/v1/messages", &text_to(json!(1), "still works"), None).await;
     assert_eq!(status, 202);
     dispatcher.stop().await.expect("dispatcher stops");
+}
+
+#[tokio::test]
+async fn an_event_postgresql_refuses_is_dropped_alone_and_the_records_go_on() {
+    let world = Stack::start().await;
+    // The writer runs (its queue is bound) once a first record is there.
+    let first = world.post(text_to(json!(7), "before it")).await;
+    world.dispatcher.record_with_status(&first, "queued").await;
+    // Published straight onto the events exchange, with a NUL in its metadata: jsonb refuses it.
+    let hostile = json!({"id": "hostile", "bot": "default", "method": "sendMessage", "chat_id": 1,
+        "status": "delivered", "attempts": 1, "metadata": {"k": "a\u{0}b"}});
+    let env = &world.env;
+    env.channel
+        .basic_publish(
+            env.topology.events_exchange().into(),
+            "any".into(),
+            BasicPublishOptions::default(),
+            hostile.to_string().as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let id = world.post(text_to(json!(7), "after it")).await;
+    world.dispatcher.record_with_status(&id, "queued").await;
+    let (status, _) = world.dispatcher.get_json("/v1/messages/hostile").await;
+    assert_eq!(status, 404);
+    // The door refuses the same metadata in a request.
+    let body =
+        json!({"method": "sendMessage", "params": {"chat_id": 7, "text": "x"}, "metadata": {"k": "\u{0}"}});
+    let (status, answer) = world.dispatcher.post_json("/v1/messages", &body, None).await;
+    assert_eq!((status, answer["error"]["field"].clone()), (400, json!("metadata")), "{answer}");
 }
 
 #[tokio::test]
