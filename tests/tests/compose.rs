@@ -62,6 +62,13 @@ async fn run(program: &str, args: &[&str], extra: &[(&str, String)]) -> Output {
     command.output().await.unwrap_or_else(|e| panic!("{program} could not start: {e}"))
 }
 
+/// The id of image `name`, if it exists.
+async fn image_id(name: &str) -> Option<String> {
+    let output = run("podman", &["image", "inspect", name, "--format", "{{.Id}}"], &[]).await;
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (output.status.success() && !id.is_empty()).then_some(id)
+}
+
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
@@ -241,7 +248,14 @@ async fn compose_file_runs() {
     };
     compose.down().await;
     let _ticker = HealthTicker::start(PROJECT);
+    let previous = image_id("tg-dispatch:latest").await;
     compose.must(&["build"]).await;
+    // The image this build replaced goes, so that runs do not pile up images on the machine.
+    if let Some(previous) = previous {
+        if image_id("tg-dispatch:latest").await.as_ref() != Some(&previous) {
+            let _ = run("podman", &["rmi", &previous], &[]).await;
+        }
+    }
     let size =
         must("podman", &["image", "inspect", "tg-dispatch:latest", "--format", "{{.Size}}"], &[]).await;
     let size: f64 = size.trim().parse().unwrap_or(0.0);
