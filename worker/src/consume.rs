@@ -208,18 +208,18 @@ async fn consume(
     let (send_failed, upload_failed) = (sends.settler.failed(), uploads.settler.failed());
     let bulk_failed = bulk.settler.failed();
     loop {
-        let (next, settler) = tokio::select! {
+        let (next, settler, from_bulk) = tokio::select! {
             biased;
             _ = ctx.shutdown.requested() => return None,
             _ = send_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the send channel")),
             _ = upload_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the upload channel")),
             _ = bulk_failed.cancelled() => return Some(anyhow::anyhow!("acks could not be sent on the bulk channel")),
-            next = sends.consumer.next() => (next, &sends.settler),
-            next = uploads.consumer.next() => (next, &uploads.settler),
-            next = bulk.consumer.next() => (next, &bulk.settler),
+            next = sends.consumer.next() => (next, &sends.settler, false),
+            next = uploads.consumer.next() => (next, &uploads.settler, false),
+            next = bulk.consumer.next() => (next, &bulk.settler, true),
         };
         match next {
-            Some(Ok(delivery)) => accept(ctx, settler, delivery).await,
+            Some(Ok(delivery)) => accept(ctx, settler, delivery, from_bulk).await,
             Some(Err(error)) => return Some(anyhow::Error::new(error).context("consumer failed")),
             None => return Some(anyhow::anyhow!("the broker cancelled a consumer")),
         }

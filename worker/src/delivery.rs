@@ -40,6 +40,8 @@ struct Attempt<'j> {
     carried: Carried,
     /// Whether an upload may go by cached `file_id`s: not after Telegram refused one.
     use_cache: bool,
+    /// Whether a call was made: this worker then holds the request's claim until it lets go.
+    sent: bool,
 }
 
 /// What the wait for a turn ended in.
@@ -68,18 +70,29 @@ pub(crate) async fn deliver(ctx: &Arc<DeliveryContext>, job: Arc<Job>) {
         job.mark_settled();
         return;
     };
-    let mut attempt =
-        Attempt { request: Cow::Borrowed(&job.request), carried: job.carried.clone(), use_cache: true };
+    let mut attempt = Attempt {
+        request: Cow::Borrowed(&job.request),
+        carried: job.carried.clone(),
+        use_cache: true,
+        sent: false,
+    };
     loop {
         if let Some(hook) = &ctx.before_send {
             hook(&attempt.request);
         }
         let next = match wait_for_turn(ctx, &bot, &job, &attempt.request).await {
             Turn::Park { until, why } => {
+                // After a 429 or a refused token: another worker's copy may go meanwhile.
+                if attempt.sent {
+                    ctx.claims.release(&attempt.request).await;
+                }
                 park(ctx, &bot, &job, &attempt, until, why, None).await;
                 Next::Done
             }
             Turn::Requeue(why) => {
+                if attempt.sent {
+                    ctx.claims.release(&attempt.request).await;
+                }
                 ctx.outbox.requeue(&job.delivery, why).await;
                 Next::Done
             }
@@ -231,6 +244,7 @@ async fn send_and_apply(
 ) -> Next {
     let outgoing = Outgoing::prepare(&ctx.files, &bot.bot_id, job, &attempt.request, attempt.use_cache).await;
     let (answer, latency) = send_once(ctx, bot, &outgoing).await;
+    attempt.sent = true;
     let (disposition, carried) =
         decide(answer.as_ref().map(classify), &attempt.carried, &ctx.retry, now_ms());
     let refused_file = matches!(&disposition, Disposition::DeadLetter { failure } if failure.class == ErrorClass::BadContent);
@@ -415,6 +429,8 @@ async fn park(
         properties = properties.with_content_type(content_type.into());
         body
     } else {
+        // The request as JSON, whatever it came as (a multipart body without a file, too).
+        properties = properties.with_content_type("application/json".into());
         request.to_json()
     };
     let parking = Parking {

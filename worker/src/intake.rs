@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use shared::wire::upload::{is_multipart, Parts, Upload, UploadError};
-use shared::wire::{SendRequest, MAX_REQUEST_BYTES};
+use shared::wire::{Priority, SendRequest, MAX_REQUEST_BYTES};
 use tokio::time::Instant;
 
 use crate::acks::{Received, Settler};
@@ -26,9 +26,14 @@ use crate::lane::run_lane;
 use crate::outbox::{without_expiration, Held, Parking};
 
 /// Takes a new delivery from the consumer.
-pub(crate) async fn accept(ctx: &Arc<DeliveryContext>, settler: &Arc<Settler>, delivery: Delivery) {
+pub(crate) async fn accept(
+    ctx: &Arc<DeliveryContext>,
+    settler: &Arc<Settler>,
+    delivery: Delivery,
+    from_bulk: bool,
+) {
     let delivery = Received::new(delivery, settler);
-    let decoded = match decode(&delivery, ctx.config.common.max_upload_bytes).await {
+    let mut decoded = match decode(&delivery, ctx.config.common.max_upload_bytes).await {
         Ok(decoded) => decoded,
         Err(failure) => {
             let ctx_for_task = Arc::clone(ctx);
@@ -39,6 +44,11 @@ pub(crate) async fn accept(ctx: &Arc<DeliveryContext>, settler: &Arc<Settler>, d
             return;
         }
     };
+    if from_bulk {
+        // Whatever its body says, what came through the bulk queue is bulk traffic, and stays so
+        // when parked: the parked copy is written from the request.
+        decoded.request.set_priority(Priority::Bulk);
+    }
     let request = &decoded.request;
     let Some(bot) = ctx.bots.get(request.bot()).cloned() else {
         reject_unknown_bot(ctx, delivery, decoded.request);

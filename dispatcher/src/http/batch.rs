@@ -34,15 +34,21 @@ pub(super) async fn send_batch(
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let (document, files) = if is_multipart(content_type) {
         let body = read_body(&state, body, MAX_BATCH_BODY_BYTES + state.max_upload_body()).await?;
-        let parts = Parts::read(content_type, body, state.max_upload_bytes).await.map_err(upload_error)?;
+        let parts = Parts::read_within(content_type, body, MAX_BATCH_BODY_BYTES, state.max_upload_bytes)
+            .await
+            .map_err(upload_error)?;
         (parts.document, parts.files)
     } else {
         (read_body(&state, body, MAX_BATCH_BODY_BYTES).await?, Vec::new())
     };
     let items = batch_items(&document)?;
     let (state, files) = (&state, &files);
+    let carried = FileBudget::new(state.max_upload_bytes);
     let published = join_all(
-        items.into_iter().enumerate().map(|(index, item)| publish_item(state, index, item, &document, files)),
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| publish_item(state, index, item, &document, files, &carried)),
     )
     .await;
     let used: std::collections::BTreeSet<String> =
@@ -62,6 +68,31 @@ pub(super) async fn send_batch(
     Ok((status, Json(body)).into_response())
 }
 
+/// The file bytes a batch's items carry together, each file counted once per item that sends it:
+/// every such item is a message of its own with its own copy, so this, not the body, is what the
+/// dispatcher holds and the broker takes. Bounded by `DISPATCHER_MAX_UPLOAD_BYTES`, like one upload.
+struct FileBudget {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl FileBudget {
+    fn new(limit: usize) -> Self {
+        Self { used: Default::default(), limit }
+    }
+
+    /// Takes `bytes` from the budget; `false` (and nothing taken) when they do not fit.
+    fn take(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.limit {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
 /// Validates and publishes one item; its entry in the answer, and the file parts it refers to.
 async fn publish_item(
     state: &AppState,
@@ -69,6 +100,7 @@ async fn publish_item(
     item: &RawValue,
     document: &Bytes,
     files: &[FilePart],
+    carried: &FileBudget,
 ) -> (Value, Vec<String>) {
     let text = item.get().as_bytes();
     if text.len() > MAX_SINGLE_BODY_BYTES {
@@ -92,6 +124,17 @@ async fn publish_item(
             Ok(upload) => upload,
             Err(e) => return refused(e),
         };
+        // Taken before the item's first await: items take the budget in their order.
+        if !carried.take(upload.file_bytes()) {
+            let error = ApiError::UploadTooLarge(format!(
+                "the batch's items carry more than {} bytes of files together, each file counted \
+                 once per item that sends it (DISPATCHER_MAX_UPLOAD_BYTES); send a file once and \
+                 reuse its file_id, or run a campaign",
+                carried.limit
+            ));
+            let entry = json!({"index": index, "status": 413, "error": error.body()});
+            return (entry, Vec::new());
+        }
         let published = if upload.files.is_empty() {
             state.publisher.publish_document(&upload.request, text, APP_ID).await
         } else {

@@ -38,6 +38,11 @@ async fn send_upload(state: &AppState, content_type: &str, body: Body) -> Result
     let body = read_body(state, body, state.max_upload_body()).await?;
     let parts = Parts::read(content_type, body, state.max_upload_bytes).await.map_err(upload_error)?;
     let upload = Upload::from_parts(parts, shared::wire::new_request_id).map_err(upload_error)?;
+    if upload.files.is_empty() {
+        // Multipart without a file is a plain request: it goes as JSON, like one.
+        state.publisher.publish_request(&upload.request, APP_ID).await?;
+        return Ok(accepted(&upload.request));
+    }
     let (content_type, encoded) = upload.encode();
     state.publisher.publish_upload(&upload.request, &content_type, &encoded, APP_ID).await?;
     tracing::debug!(id = upload.request.id(), bytes = upload.file_bytes(), "accepted an upload");

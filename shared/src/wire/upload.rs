@@ -56,9 +56,20 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// Reads a `multipart/form-data` body. `max_file_bytes` bounds the files together (413 for
-    /// the dispatcher; a dead letter for the worker).
+    /// Reads a `multipart/form-data` body holding one request. `max_file_bytes` bounds the files
+    /// together (413 for the dispatcher; a dead letter for the worker).
     pub async fn read(content_type: &str, body: Bytes, max_file_bytes: usize) -> Result<Self, UploadError> {
+        Self::read_within(content_type, body, MAX_REQUEST_BYTES, max_file_bytes).await
+    }
+
+    /// As [`Parts::read`], with the `request` part bounded by `max_document_bytes` (a batch's
+    /// array is larger than one request).
+    pub async fn read_within(
+        content_type: &str,
+        body: Bytes,
+        max_document_bytes: usize,
+        max_file_bytes: usize,
+    ) -> Result<Self, UploadError> {
         let boundary = multer::parse_boundary(content_type).map_err(|e| {
             UploadError::Invalid(invalid(format!("the upload's content type has no usable boundary: {e}")))
         })?;
@@ -87,9 +98,9 @@ impl Parts {
                 if document.is_some() {
                     return Err(UploadError::Invalid(invalid("holds two parts named \"request\"")));
                 }
-                if bytes.len() > MAX_REQUEST_BYTES {
+                if bytes.len() > max_document_bytes {
                     return Err(UploadError::TooLarge(format!(
-                        "the request part is {} bytes; a request is at most {MAX_REQUEST_BYTES}",
+                        "the request part is {} bytes; it is at most {max_document_bytes}",
                         bytes.len()
                     )));
                 }

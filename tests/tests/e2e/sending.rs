@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tests::sandbox::{Received, SandboxConfig, SandboxLimits};
+use tests::sandbox::{FaultKind, Faults, Received, SandboxConfig, SandboxLimits};
 
 use crate::helpers::{eventually, DispatcherHandle, TestEnv, DEADLINE};
 
@@ -242,6 +243,57 @@ async fn an_album_of_uploads_arrives_as_one_call_and_uploads_are_refused_when_ma
     let photo = json!({"method": "sendPhoto", "params": {"chat_id": 911, "photo": "attach://big"}});
     let (status, answer) = upload(&dispatcher, &photo, &[("big", "big.jpg", &big)]).await;
     assert_eq!((status, answer["error"]["code"].clone()), (413, json!("too_large")), "{answer}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_of_uploads_is_bounded_by_the_files_its_items_carry_not_by_a_single_requests_size() {
+    let env = TestEnv::new().await;
+    let dispatcher = env.spawn_dispatcher(&[("DISPATCHER_MAX_UPLOAD_BYTES", "100000")]).await;
+    // 995 messages make a request part of over 256 KiB, which a batch may be.
+    let filler = "x".repeat(300);
+    let mut items: Vec<Value> = (0..995)
+        .map(|i| json!({"method": "sendMessage", "params": {"chat_id": 20_000 + i, "text": filler}}))
+        .collect();
+    // Five items send one 30 kB file: each is a message with its own copy, so three fit in 100 kB.
+    for i in 0..5 {
+        items
+            .push(json!({"method": "sendPhoto", "params": {"chat_id": 21_000 + i, "photo": "attach://pic"}}));
+    }
+    let form = multipart(&Value::Array(items), &[("pic", "p.jpg", &[7u8; 30_000])]);
+    let answer = dispatcher.http.post(dispatcher.url("/v1/messages/batch")).multipart(form).send();
+    let answer = answer.await.expect("the dispatcher answers");
+    assert_eq!(answer.status().as_u16(), 207);
+    let body: Value = answer.json().await.expect("JSON");
+    assert_eq!(body["accepted"], 998, "{}", body["results"][998]);
+    let refused: Vec<(u64, u64)> = body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["status"] != 202)
+        .map(|r| (r["index"].as_u64().unwrap_or(0), r["status"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(refused, [(998, 413), (999, 413)]);
+}
+
+#[tokio::test]
+async fn a_multipart_request_without_a_file_is_still_sent_after_a_retry() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn_worker().await;
+    env.sandbox.set_faults(Faults {
+        fail_next: 1,
+        fail_next_kind: FaultKind::Error500,
+        ..Default::default()
+    });
+    // As any producer may publish it: a `request` part and no file.
+    let document =
+        json!({"id": "no-file", "method": "sendMessage", "params": {"chat_id": 930, "text": "hi"}});
+    let body =
+        format!("--b\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{document}\r\n--b--\r\n");
+    let properties = BasicProperties::default().with_content_type("multipart/form-data; boundary=b".into());
+    env.publish_raw(body.as_bytes(), properties).await;
+    env.delivered_to("930", 1).await;
+    assert_eq!(env.depth(&env.topology.dead_queue()).await, 0);
     worker.stop().await;
 }
 
