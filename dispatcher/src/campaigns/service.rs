@@ -212,6 +212,12 @@ impl Campaigns {
         Ok(store::report(&self.store, &campaign, tx).await?)
     }
 
+    /// Notes message `record` (shown by [`Campaigns::message_record`]) cancelled by id.
+    pub async fn note_cancelled(&self, record: &Record) -> Result<(), CampaignError> {
+        let Some((campaign_id, _)) = record.id.rsplit_once(':') else { return Ok(()) };
+        Ok(store::record_cancelled(&self.store, campaign_id, record).await?)
+    }
+
     /// The record of message `<campaign id>:<idx>` before its first event: scheduled, queued,
     /// cancelled, or failed as suppressed.
     pub async fn message_record(&self, message_id: &str) -> Result<Option<Record>, CampaignError> {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::recipients::{Chunk, RowError, MAX_ROW_ERRORS};
 use super::{CampaignStatus, Template, MAX_RECIPIENTS};
 use crate::control::{Control, ControlError};
-use crate::records::{Store, StoreError};
+use crate::records::{Record, Store, StoreError};
 
 /// Recipients looked up in the suppressions per Redis round trip.
 const SUPPRESSION_CHUNK: i64 = 1_000;
@@ -450,6 +450,32 @@ pub async fn record_unsendable(
                 &crate::records::Status::Failed.rank(),
                 &error,
                 &campaign.id,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records message `record` of campaign `campaign_id` cancelled before its first event (there is
+/// no row yet), so that it reads cancelled at once rather than once a worker has dropped it.
+pub async fn record_cancelled(store: &Store, campaign_id: &str, record: &Record) -> Result<(), StoreError> {
+    let client = store.client().await?;
+    client
+        .execute(
+            "INSERT INTO records (id, bot, method, chat_id, status, status_rank, metadata, send_at, created_at, \
+               updated_at, campaign_id) VALUES ($1, $2, $3, $4, 'cancelled', $5, $6, $7, $8, now(), $9) \
+             ON CONFLICT (id) DO UPDATE SET status = 'cancelled', status_rank = EXCLUDED.status_rank, \
+               updated_at = now() WHERE records.status_rank < EXCLUDED.status_rank",
+            &[
+                &record.id,
+                &record.bot,
+                &record.method,
+                &record.chat_id,
+                &crate::records::Status::Cancelled.rank(),
+                &record.metadata,
+                &record.send_at,
+                &record.created_at,
+                &campaign_id,
             ],
         )
         .await?;

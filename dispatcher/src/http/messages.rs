@@ -66,9 +66,15 @@ pub(super) async fn remove(
     let records = records(&state)?;
     let removal = match records.get(&id).await {
         Ok(record) => records.remove_record(&record).await?,
-        Err(RecordsError::UnknownId(_)) => match campaign_message(&state, &id).await? {
-            Some(record) => records.remove_record(&record).await?,
-            None => records.remove(&id).await?,
+        Err(RecordsError::UnknownId(_)) => match (campaign_message(&state, &id).await?, &state.campaigns) {
+            (Some(record), Some(campaigns)) => {
+                let removal = records.remove_record(&record).await?;
+                if let Removal::Cancelled = removal {
+                    campaigns.note_cancelled(&record).await?;
+                }
+                removal
+            }
+            _ => records.remove(&id).await?,
         },
         Err(error) => return Err(error.into()),
     };

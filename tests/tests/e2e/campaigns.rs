@@ -296,6 +296,8 @@ async fn a_cancel_is_final_and_a_queued_message_is_cancelled_by_id_before_its_fi
     .await;
     let (status, answer) = stack.dispatcher.delete("/v1/messages/final:0").await;
     assert_eq!((status, answer["status"].clone()), (200, json!("cancelled")), "{answer}");
+    let (_, record) = stack.dispatcher.get_json("/v1/messages/final:0").await;
+    assert_eq!(record["status"], "cancelled", "at once, not once a worker dropped it: {record}");
 
     control(&stack, "final", "cancel").await;
     for action in ["pause", "resume"] {
