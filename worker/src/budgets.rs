@@ -140,6 +140,19 @@ impl RedisStore {
         keys: &[String],
         args: &[String],
     ) -> Option<T> {
+        self.try_script(code, keys, args)
+            .await
+            .map_err(|error| tracing::debug!(%error, "a Redis script failed"))
+            .ok()
+    }
+
+    /// As [`RedisStore::script`], with what went wrong.
+    async fn try_script<T: deadpool_redis::redis::FromRedisValue>(
+        &self,
+        code: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, String> {
         let call = async {
             let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
             let script = Script::new(code);
@@ -152,16 +165,10 @@ impl RedisStore {
             }
             invocation.invoke_async::<T>(&mut connection).await.map_err(|e| e.to_string())
         };
+        // Boxed: the Redis call's future is large and every lane's state would carry it.
         match tokio::time::timeout(REDIS_TIMEOUT, Box::pin(call)).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "a Redis script failed");
-                None
-            }
-            Err(_) => {
-                tracing::debug!("a Redis script got no answer in time");
-                None
-            }
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {REDIS_TIMEOUT:?}")),
         }
     }
 
@@ -254,23 +261,7 @@ impl Budgets {
                 return None;
             }
         }
-        let call = async {
-            let mut connection = store.pool.get().await.map_err(|e| e.to_string())?;
-            let script = Script::new(code);
-            let mut invocation = script.prepare_invoke();
-            for key in keys {
-                invocation.key(key);
-            }
-            for arg in args {
-                invocation.arg(arg);
-            }
-            invocation.invoke_async::<i64>(&mut connection).await.map_err(|e| e.to_string())
-        };
-        // Boxed: the Redis call's future is large and every lane's state would carry it.
-        let outcome = match tokio::time::timeout(REDIS_TIMEOUT, Box::pin(call)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {REDIS_TIMEOUT:?}")),
-        };
+        let outcome = store.try_script::<i64>(code, keys, args).await;
         match outcome {
             Ok(value) => {
                 if !self.health.healthy.swap(true, Ordering::Relaxed) {

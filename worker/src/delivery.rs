@@ -19,7 +19,7 @@ use crate::context::DeliveryContext;
 use crate::decide::{decide, Disposition};
 use crate::events::Event;
 use crate::gate;
-use crate::job::Job;
+use crate::job::{request_body, Job};
 use crate::outbox::{without_expiration, Held, Parking};
 use crate::outgoing::Outgoing;
 use crate::telegram::RawAnswer;
@@ -424,15 +424,9 @@ async fn park(
     let mut headers = job.delivery.properties.headers().clone().unwrap_or_default();
     Bookkeeping { carried: attempt.carried.clone(), timing }.write(&mut headers, request.id(), &bot.seal);
     let mut properties = without_expiration(&job.delivery.properties).with_message_id(request.id().into());
-    let body = if job.is_upload() {
-        let (content_type, body) = shared::wire::upload::encode(&request.to_json(), &job.files);
-        properties = properties.with_content_type(content_type.into());
-        body
-    } else {
-        // The request as JSON, whatever it came as (a multipart body without a file, too).
-        properties = properties.with_content_type("application/json".into());
-        request.to_json()
-    };
+    // Written from the request, whatever it came as (a multipart body without a file, too).
+    let (content_type, body) = request_body(request, &job.files);
+    properties = properties.with_content_type(content_type.into());
     let parking = Parking {
         held: Held::InJob(Arc::clone(job)),
         upload: job.is_upload(),

@@ -21,7 +21,7 @@ use crate::classify::{ErrorClass, Failure};
 use crate::clock::{instant_from_ms, ms_from_instant, now_ms};
 use crate::context::DeliveryContext;
 use crate::events::Event;
-use crate::job::{Decoded, Job};
+use crate::job::{request_body, Decoded, Job};
 use crate::lane::run_lane;
 use crate::outbox::{without_expiration, Held, Parking};
 
@@ -44,10 +44,11 @@ pub(crate) async fn accept(
             return;
         }
     };
-    if from_bulk {
+    if from_bulk && decoded.request.priority() != Priority::Bulk {
         // Whatever its body says, what came through the bulk queue is bulk traffic, and stays so
         // when parked: the parked copy is written from the request.
         decoded.request.set_priority(Priority::Bulk);
+        decoded.rewritten = true;
     }
     let request = &decoded.request;
     let Some(bot) = ctx.bots.get(request.bot()).cloned() else {
@@ -72,13 +73,16 @@ pub(crate) async fn accept(
     }
     let now = Instant::now();
     if let Some(until) = scheduled_beyond_hold(request, ctx.config.max_hold) {
-        park_scheduled(ctx, &bot, delivery, &decoded, bookkeeping.carried, until).await;
+        let bookkeeping = Bookkeeping { carried: bookkeeping.carried, timing: Timing::NotBefore(until) };
+        park_at_intake(ctx, &bot, delivery, &decoded, bookkeeping, "scheduled").await;
         return;
     }
     let slot = chat_slot(&bot, request, bookkeeping.timing, now).await;
     let Bookkeeping { carried, .. } = bookkeeping;
     if slot.saturating_duration_since(now) > ctx.config.max_hold {
-        park_until_slot(ctx, &bot, delivery, &decoded, carried, slot).await;
+        // It keeps its slot: it comes back shortly before its turn and slips into its place.
+        let bookkeeping = Bookkeeping { carried, timing: Timing::Slot(ms_from_instant(slot)) };
+        park_at_intake(ctx, &bot, delivery, &decoded, bookkeeping, "pacing").await;
         return;
     }
     let received = instant_from_ms(carried.first_seen_ms);
@@ -107,7 +111,7 @@ async fn decode(delivery: &Received, max_upload_bytes: usize) -> Result<Decoded,
             Upload::from_parts(parts, default_id)
         };
         return match parsed.await {
-            Ok(upload) => Ok(Decoded { request: upload.request, files: upload.files }),
+            Ok(upload) => Ok(Decoded { request: upload.request, files: upload.files, rewritten: false }),
             Err(UploadError::Invalid(error)) => Err(invalid(format!("invalid upload: {error}"))),
             Err(UploadError::TooLarge(why)) => Err(invalid(format!("invalid upload: {why}"))),
         };
@@ -119,7 +123,7 @@ async fn decode(delivery: &Received, max_upload_bytes: usize) -> Result<Decoded,
         )));
     }
     SendRequest::from_json_or_id(body, default_id)
-        .map(|request| Decoded { request, files: Vec::new() })
+        .map(|request| Decoded { request, files: Vec::new(), rewritten: false })
         .map_err(|error| invalid(format!("invalid request: {error}")))
 }
 
@@ -149,32 +153,6 @@ fn scheduled_beyond_hold(request: &SendRequest, hold: std::time::Duration) -> Op
     (ahead > hold).then(|| send_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
 }
 
-/// Parks a scheduled request, as it came, until its `send_at` (the longest delay tier at a time).
-async fn park_scheduled(
-    ctx: &DeliveryContext,
-    bot: &Bot,
-    delivery: Received,
-    decoded: &Decoded,
-    carried: Carried,
-    until_ms: u64,
-) {
-    let request = &decoded.request;
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    Bookkeeping { carried, timing: Timing::NotBefore(until_ms) }.write(&mut headers, request.id(), &bot.seal);
-    let parking = Parking {
-        upload: !decoded.files.is_empty(),
-        body: delivery.body().clone(),
-        properties: without_expiration(&delivery.properties)
-            .with_message_id(request.id().into())
-            .with_headers(headers),
-        delay: instant_from_ms(until_ms).saturating_duration_since(Instant::now()),
-        held: Held::Owned(Box::new(delivery)),
-        why: "scheduled",
-        then: None,
-    };
-    ctx.outbox.park(parking).await;
-}
-
 /// The request's chat slot: the one it kept while parked, or a new one in receipt order, not
 /// before its `send_at`.
 async fn chat_slot(bot: &Bot, request: &SendRequest, timing: Timing, now: Instant) -> Instant {
@@ -198,29 +176,39 @@ async fn chat_slot(bot: &Bot, request: &SendRequest, timing: Timing, now: Instan
     }
 }
 
-/// Parks a request whose chat slot is far off, as it came, keeping the slot: it comes back shortly
-/// before its turn and slips into its place.
-async fn park_until_slot(
+/// Parks a request before it takes a lane, until its `send_at` (`Timing::NotBefore`, the longest
+/// delay tier at a time) or its far-off chat slot (`Timing::Slot`). The copy is the delivery as it
+/// came, unless the request was changed on its way in.
+async fn park_at_intake(
     ctx: &DeliveryContext,
     bot: &Bot,
     delivery: Received,
     decoded: &Decoded,
-    carried: Carried,
-    slot: Instant,
+    bookkeeping: Bookkeeping,
+    why: &'static str,
 ) {
     let request = &decoded.request;
+    let until = match bookkeeping.timing {
+        Timing::NotBefore(ms) | Timing::Slot(ms) => instant_from_ms(ms),
+        Timing::Now => Instant::now(),
+    };
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    let bookkeeping = Bookkeeping { carried, timing: Timing::Slot(ms_from_instant(slot)) };
     bookkeeping.write(&mut headers, request.id(), &bot.seal);
+    let mut properties = without_expiration(&delivery.properties).with_message_id(request.id().into());
+    let body = if decoded.rewritten {
+        let (content_type, body) = request_body(request, &decoded.files);
+        properties = properties.with_content_type(content_type.into());
+        body.into()
+    } else {
+        delivery.body().clone()
+    };
     let parking = Parking {
         upload: !decoded.files.is_empty(),
-        body: delivery.body().clone(),
-        properties: without_expiration(&delivery.properties)
-            .with_message_id(request.id().into())
-            .with_headers(headers),
+        body,
+        properties: properties.with_headers(headers),
+        delay: until.saturating_duration_since(Instant::now()),
         held: Held::Owned(Box::new(delivery)),
-        delay: slot.saturating_duration_since(Instant::now()),
-        why: "pacing",
+        why,
         then: None,
     };
     ctx.outbox.park(parking).await;

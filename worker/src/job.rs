@@ -39,7 +39,7 @@ impl Job {
         slot: Instant,
         received: Instant,
     ) -> Self {
-        let Decoded { request, files } = decoded;
+        let Decoded { request, files, .. } = decoded;
         let settled = AtomicBool::new(false);
         Self { delivery, request, files, hashes: OnceCell::new(), carried, slot, received, settled }
     }
@@ -79,6 +79,19 @@ impl Job {
 pub(crate) struct Decoded {
     pub request: SendRequest,
     pub files: Vec<FilePart>,
+    /// Whether the request was changed on its way in (bulk by the queue it came through): a copy
+    /// of it is then written from the request, not from the delivery's body.
+    pub rewritten: bool,
+}
+
+/// A request's body as this worker writes it, with its content type: JSON, or an upload encoded
+/// again with its files.
+pub(crate) fn request_body(request: &SendRequest, files: &[FilePart]) -> (String, Vec<u8>) {
+    if files.is_empty() {
+        ("application/json".into(), request.to_json())
+    } else {
+        shared::wire::upload::encode(&request.to_json(), files)
+    }
 }
 
 impl Scheduled for Job {

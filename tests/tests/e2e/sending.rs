@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -294,6 +295,44 @@ async fn a_multipart_request_without_a_file_is_still_sent_after_a_retry() {
     env.publish_raw(body.as_bytes(), properties).await;
     env.delivered_to("930", 1).await;
     assert_eq!(env.depth(&env.topology.dead_queue()).await, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_from_the_bulk_queue_stays_bulk_when_parked() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn_worker().await;
+    // No `priority` in its body, and due in an hour: the worker parks it at once.
+    let send_at = shared::wire::rfc3339::format(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let document = json!({"id": "bulk-later", "method": "sendMessage",
+        "params": {"chat_id": 931, "text": "later"}, "send_at": send_at});
+    env.channel
+        .basic_publish(
+            env.topology.bulk_exchange().into(),
+            "default".into(),
+            BasicPublishOptions::default(),
+            document.to_string().as_bytes(),
+            BasicProperties::default().with_content_type("application/json".into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let parked = eventually("the request parked", DEADLINE, || async {
+        for tier in shared::topology::DELAY_TIERS {
+            if let Some(message) = env.take(&env.topology.delay_queue(tier)).await {
+                return Some(message);
+            }
+        }
+        None
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&parked.delivery.data).expect("JSON");
+    assert_eq!(
+        (body["id"].clone(), body["priority"].clone()),
+        (json!("bulk-later"), json!("bulk")),
+        "{body}"
+    );
     worker.stop().await;
 }
 
